@@ -1,0 +1,12 @@
+// The hxq command-line tool: one function per subcommand that registers its options and action
+// on the CLI11 app. Actions throw hxq::Error (exit 1) or hxq::UsageError (exit 2).
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace hxq::cli {
+
+void add_generate(CLI::App& app);
+void add_logits(CLI::App& app);
+void add_tokenize(CLI::App& app);
+
+}  // namespace hxq::cli

@@ -1,0 +1,47 @@
+// Entry point of the `hxq` binary: dispatches to subcommands, maps errors to exit codes
+// (1: bad input or failure, 2: usage) and prints them as one line on stderr.
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"hxq: calibration-free HXQ weight compression and inference for language models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "hxq 0.1.0");
+  hxq::cli::add_generate(app);
+  hxq::cli::add_logits(app);
+  hxq::cli::add_tokenize(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fflush(stdout);
+    std::cerr << "hxq: " << e.what() << "\n";
+    std::cerr << "Run 'hxq --help' or 'hxq <command> --help' for usage.\n";
+    return 2;
+  } catch (const hxq::UsageError& e) {
+    std::fflush(stdout);
+    std::cerr << "hxq: " << e.what() << "\n";
+    return 2;
+  } catch (const hxq::Error& e) {
+    std::fflush(stdout);
+    std::cerr << "hxq: " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    std::cerr << "hxq: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "hxq: internal error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

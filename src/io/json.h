@@ -1,0 +1,20 @@
+// JSON files of checkpoints (config.json, tokenizer.json, ...): parsing with one-line errors
+// naming the file, and the non-standard float spellings real checkpoints contain.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace hxq {
+
+using json = nlohmann::json;
+
+// Parses a JSON file. Accepts the bare tokens Infinity, -Infinity and NaN outside strings
+// (older transformers write them), turning them into {"__float__": "..."} objects as
+// transformers 5 writes them. Throws Error "<path>: invalid JSON: ..." on malformed input.
+json parse_json_file(const std::string& path);
+json parse_json_text(const std::string& text, const std::string& what);
+
+// A number, or transformers 5's {"__float__": "Infinity" | "-Infinity" | "NaN"}.
+double json_float(const json& j, const std::string& what);
+
+}  // namespace hxq

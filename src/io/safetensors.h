@@ -1,0 +1,66 @@
+// Safetensors checkpoints: a strictly validated, memory-mapped reader for single files and
+// sharded directories (model.safetensors.index.json). Tensors are views into the mapping.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/mmap.h"
+
+namespace hxq {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype{};
+  std::vector<int64_t> shape;
+  const std::byte* data = nullptr;  // inside the file mapping; not necessarily aligned
+  size_t nbytes = 0;
+  std::string file;  // path of the file holding it, for error messages
+
+  int64_t numel() const;
+  int64_t dim(size_t i) const { return shape.at(i); }
+  std::string shape_str() const;  // "[3, 4]"
+};
+
+// Largest header we accept (the format's own reference implementation caps it at 100 MB).
+inline constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
+
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);  // validates everything; throws Error
+  const std::string& path() const { return map_.path(); }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  MappedFile map_;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a checkpoint directory (or of one .safetensors file), by name.
+class TensorStore {
+ public:
+  // `path` is a directory holding model.safetensors or model.safetensors.index.json (+ shards),
+  // or a single .safetensors file.
+  static TensorStore open(const std::string& path);
+
+  const TensorInfo* find(std::string_view name) const;
+  const TensorInfo& get(std::string_view name) const;  // throws Error naming the checkpoint
+  bool contains(std::string_view name) const { return find(name) != nullptr; }
+  std::vector<std::string> names() const;  // sorted
+  const std::string& location() const { return location_; }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  uint64_t total_bytes() const;  // sum of file sizes
+
+ private:
+  std::string location_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorInfo*, std::less<>> by_name_;
+};
+
+}  // namespace hxq

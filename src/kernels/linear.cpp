@@ -1,0 +1,46 @@
+#include "kernels/linear.h"
+
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "io/safetensors.h"
+#include "kernels/gemm.h"
+
+namespace hxq {
+
+Linear Linear::dense(const TensorInfo& w, const TensorInfo* bias) {
+  if (w.shape.size() != 2)
+    fail("{}: tensor '{}': expected a 2-D weight, got shape {}", w.file, w.name, w.shape_str());
+  if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
+    fail("{}: tensor '{}': unsupported weight dtype {} (need F32, F16 or BF16)", w.file, w.name,
+         dtype_name(w.dtype));
+  Linear l;
+  l.kind_ = Kind::Dense;
+  l.out_ = w.shape[0];
+  l.in_ = w.shape[1];
+  l.dtype_ = w.dtype;
+  l.data_ = w.data;
+  if (bias) {
+    if (bias->numel() != l.out_ || bias->shape.size() != 1)
+      fail("{}: tensor '{}': bias shape {} does not match {} outputs", bias->file, bias->name, bias->shape_str(),
+           l.out_);
+    l.bias_.resize(size_t(l.out_));
+    to_f32(bias->dtype, bias->data, l.bias_.data(), l.bias_.size());
+  }
+  return l;
+}
+
+void Linear::forward(const float* X, int64_t T, float* Y) const {
+  gemm_dense(X, T, in_, data_, dtype_, out_, Y);
+  if (!bias_.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t o = 0; o < out_; ++o) Y[t * out_ + o] += bias_[size_t(o)];
+}
+
+void Linear::row(int64_t r, float* out) const {
+  if (r < 0 || r >= out_) fail("row {} out of range [0, {})", r, out_);
+  to_f32(dtype_, static_cast<const char*>(data_) + size_t(r * in_) * dtype_size(dtype_), out, size_t(in_));
+}
+
+size_t Linear::weight_bytes() const { return size_t(in_ * out_) * dtype_size(dtype_); }
+
+}  // namespace hxq

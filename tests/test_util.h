@@ -1,0 +1,33 @@
+// Shared helpers of the test suite: where the reference data lives (HXQ_TEST_DATA, default
+// ../shared next to the source tree), skipping when it is absent, and running the CLI binary.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace hxq::test {
+
+std::string data_dir();                          // HXQ_TEST_DATA or <source>/../shared
+std::string data_path(const std::string& rel);  // data_dir() + "/" + rel
+bool have_data(const std::string& rel);
+std::string temp_dir(const std::string& tag);  // a fresh, empty directory for this test
+
+struct CliResult {
+  int code = -1;
+  std::string out, err;
+};
+// Runs build/hxq with the given arguments (no shell), capturing stdout and stderr.
+CliResult run_cli(const std::vector<std::string>& args);
+
+std::vector<float> read_f32_file(const std::string& path);
+void write_file(const std::string& path, const std::string& bytes);
+
+}  // namespace hxq::test
+
+// Skips the current test with a clear message when a reference file is missing.
+#define HXQ_REQUIRE_DATA(rel)                                                                         \
+  do {                                                                                                \
+    if (!::hxq::test::have_data(rel))                                                                 \
+      GTEST_SKIP() << "test data " << ::hxq::test::data_path(rel) << " absent (set HXQ_TEST_DATA)"; \
+  } while (0)
