@@ -1,0 +1,22 @@
+// HXQ matrix kernels: Y[T, N] = X[T, K] · Wᵀ where W is decoded inside the kernel from a 256-entry
+// float32 codebook and uint8 indices, plus a sparse sidecar correction — never materialised.
+#pragma once
+#include <cstdint>
+
+namespace hxq {
+
+// One HXQ weight [rows = N outputs, cols = K inputs] as the kernels consume it.
+// The sidecar is stored as CSR over rows: entries sc_row_ptr[r] .. sc_row_ptr[r+1]-1 belong to
+// row r, at column sc_col[e], and add sc_delta[e] = exact value − codebook[index] to W[r, col].
+struct HxqView {
+  int64_t rows = 0, cols = 0;
+  const float* codebook = nullptr;  // 256 entries (unused tail entries may be anything finite)
+  const uint8_t* indices = nullptr;  // [rows, cols] row-major
+  const int64_t* sc_row_ptr = nullptr;  // [rows + 1], or nullptr when there is no sidecar
+  const int32_t* sc_col = nullptr;
+  const float* sc_delta = nullptr;
+};
+
+void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y);
+
+}  // namespace hxq
