@@ -1,0 +1,22 @@
+// Helpers shared by the subcommands: thread-count option, reading token-id files, timing.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hxq::cli {
+
+// Adds --threads N (default: all cores) and returns the storage it writes to.
+void add_threads_option(CLI::App* sub, int& threads);
+void apply_threads(int threads);
+
+// Little-endian int32 token ids (throws Error naming the file if the size is not a multiple of 4).
+std::vector<int32_t> read_ids_file(const std::string& path);
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace hxq::cli

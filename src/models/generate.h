@@ -1,0 +1,24 @@
+// Text generation loop shared by the CLI and tests: prefill the prompt, then decode one token at
+// a time from the model state, stopping at an EOS id or after max_new tokens; timed.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "models/model.h"
+#include "models/sampling.h"
+
+namespace hxq {
+
+struct GenerateResult {
+  std::vector<int32_t> ids;  // generated ids only (the EOS that stopped generation included)
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t decode_steps = 0;  // forward passes of one token
+  bool stopped_at_eos = false;
+};
+
+// on_token(id) is called as each token is chosen; return false to stop early.
+GenerateResult generate(const Model& model, ModelState& state, std::span<const int32_t> prompt, int64_t max_new,
+                        Sampler& sampler, const std::vector<int32_t>& eos_ids,
+                        const std::function<bool(int32_t)>& on_token = {});
+
+}  // namespace hxq
