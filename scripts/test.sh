@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds hxq twice — Release, and Debug with AddressSanitizer + UndefinedBehaviorSanitizer — and
+# runs the whole CTest suite on each. Test data: $HXQ_TEST_DATA (default ../shared).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-$(nproc)}
+export HXQ_TEST_DATA=${HXQ_TEST_DATA:-$(cd .. && pwd)/shared}
+[ -d "$HXQ_TEST_DATA" ] || echo "warning: test data $HXQ_TEST_DATA not found; data-dependent tests will be skipped"
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$JOBS"
+(cd build && ctest --output-on-failure -j "$JOBS" --timeout 900)
+
+if [ "${HXQ_SKIP_SANITIZERS:-0}" != 1 ]; then
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHXQ_SANITIZE=ON -DHXQ_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-asan -j "$JOBS"
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  (cd build-asan && HXQ_SANITIZED=1 ctest --output-on-failure -j "$JOBS" --timeout 1800)
+fi

@@ -1,0 +1,58 @@
+// Perplexity and KL divergence over a token stream, with the window protocols of Hugging Face
+// (sliding windows, each token scored once) and llama.cpp's llama-perplexity (halves of chunks).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "models/model.h"
+
+namespace hxq {
+
+struct EvalWindow {
+  int64_t begin = 0, end = 0;  // tokens [begin, end) are fed to the model (fresh state)
+  int64_t first = 0;           // targets first..end-1 are scored (first > begin)
+  bool bos_first = false;      // llama.cpp: the first token of the window is replaced by BOS
+  int64_t count() const { return end - first; }
+};
+
+// Hugging Face's recipe: windows of ctx tokens starting every stride tokens; every token after
+// the first scored once, in the first window that reaches it; stops at the window ending at n.
+std::vector<EvalWindow> hf_windows(int64_t n, int64_t ctx, int64_t stride);
+// llama.cpp's llama-perplexity: n / ctx disjoint chunks, the second half of each scored
+// (targets ctx/2+1 .. ctx-1 of the chunk), first token replaced by BOS when the model uses one.
+std::vector<EvalWindow> llamacpp_windows(int64_t n, int64_t ctx, bool bos);
+
+struct WindowNll {
+  EvalWindow w;
+  double nll = 0;  // sum over the window's scored tokens
+};
+
+struct PerplexityResult {
+  double nll = 0;  // total
+  int64_t count = 0;
+  double ppl = 0, ppl_stderr = 0;  // stderr by the delta method: ppl * sd(token nll) / sqrt(count)
+  std::vector<WindowNll> windows;
+  double seconds = 0;
+};
+
+// progress(windows_done, windows_total, tokens_scored_so_far, running_ppl)
+using EvalProgress = std::function<void(size_t, size_t, int64_t, double)>;
+
+PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, const std::vector<EvalWindow>& windows,
+                            std::optional<int32_t> bos, const EvalProgress& progress = {});
+
+struct KlResult {
+  PerplexityResult base, other;
+  double kl_mean = 0, kl_p99 = 0, kl_max = 0;  // KL(base ‖ other) per scored token, nats
+  double top1_agreement = 0;                    // fraction of scored tokens with equal argmax
+  double seconds = 0;
+};
+
+KlResult kl_divergence(const Model& base, const Model& other, std::span<const int32_t> ids,
+                       const std::vector<EvalWindow>& windows, std::optional<int32_t> bos,
+                       const EvalProgress& progress = {});
+
+}  // namespace hxq
