@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <atomic>
 #include <numeric>
 
 #include "core/dtype.h"
@@ -49,6 +50,16 @@ TEST(ThreadPool, CoversRangeOnceAndPropagatesErrors) {
   int sum = 0;
   p.parallel_for(1, [&](int64_t, int64_t, int) { sum = 1; });
   EXPECT_EQ(sum, 1);
+}
+
+TEST(ThreadPool, NestedCallsRunInline) {
+  ThreadPool p(2);
+  std::atomic<int> total{0};
+  p.parallel_for(4, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i)
+      p.parallel_for(10, [&](int64_t b2, int64_t e2, int) { total += int(e2 - b2); });
+  });
+  EXPECT_EQ(total.load(), 40);
 }
 
 TEST(Json, AcceptsBareAndTaggedInfinity) {

@@ -5,6 +5,18 @@
 
 namespace hxq {
 
+namespace {
+// True on a thread while it runs a pool job: nested parallel calls then run inline (serially)
+// instead of waiting for workers that are busy with the outer job.
+thread_local bool t_in_job = false;
+
+struct InJob {
+  bool prev;
+  InJob() : prev(t_in_job) { t_in_job = true; }
+  ~InJob() { t_in_job = prev; }
+};
+}  // namespace
+
 ThreadPool::ThreadPool(int threads) {
   threads = std::max(1, threads);
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -32,6 +44,7 @@ void ThreadPool::worker_loop(int idx) {
     }
     std::exception_ptr err;
     try {
+      InJob guard;
       (*job)(idx, size());
     } catch (...) {
       err = std::current_exception();
@@ -45,7 +58,8 @@ void ThreadPool::worker_loop(int idx) {
 }
 
 void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
-  if (workers_.empty()) {
+  if (workers_.empty() || t_in_job) {  // nested call from inside a job: run serially here
+    InJob guard;
     fn(0, 1);
     return;
   }
@@ -59,6 +73,7 @@ void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
   cv_start_.notify_all();
   std::exception_ptr mine;
   try {
+    InJob guard;
     fn(0, size());
   } catch (...) {
     mine = std::current_exception();
@@ -74,7 +89,8 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   int64_t chunks = std::min<int64_t>(size(), (n + grain - 1) / grain);
-  if (chunks <= 1) {
+  if (chunks <= 1 || t_in_job) {
+    InJob guard;
     fn(0, n, 0);
     return;
   }

@@ -24,7 +24,8 @@ class ThreadPool {
   // `grain` long (except the last). Blocks until all are done. Exceptions from fn are rethrown.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain = 1);
 
-  // Runs fn(thread_index, nthreads) once on every thread of the pool.
+  // Runs fn(thread_index, nthreads) once on every thread of the pool. Called from inside a job
+  // (nested parallelism), both functions run the work serially on the calling thread.
   void run_on_all(const std::function<void(int, int)>& fn);
 
  private:
