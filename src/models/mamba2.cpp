@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
+#include "kernels/gemm.h"
 #include "models/weights.h"
 
 namespace hxq {
@@ -209,7 +210,7 @@ class Mamba2Model final : public Model {
 
  private:
   struct Scratch {
-    std::vector<float> zxbcdt, xbc, dt, y;
+    std::vector<float> zxbcdt, xbc, dt, y, cb;
   };
 
   const Linear& head() const { return separate_head_ ? lm_head_ : embedding_; }
@@ -273,68 +274,93 @@ class Mamba2Model final : public Model {
   }
 
   // State-space dual (chunked) scan for every head; writes s.y = SSM output + D skip.
+  // Per chunk of L tokens (cum = inclusive cumsum of dt·A within the chunk):
+  //   Y    = exp(cum) ⊙ (C · Sᵀ)                       contribution of the state entering the chunk
+  //        + ((C · Bᵀ) ⊙ exp(cum[t] − cum[u]) ⊙ dt[u] ⊙ [u ≤ t]) · X      within the chunk
+  //   S    = exp(cum[L−1]) S + (X ⊙ exp(cum[L−1] − cum) dt)ᵀ · B
+  // as matrix products (the recurrent step for single tokens).
   void ssd(const Layer& L, int64_t li, Mamba2State& st, int64_t T, Scratch& s) const {
     const auto& c = cfg_;
     const int64_t CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads, HD = c.head_dim, N = c.d_state;
     const int64_t G = c.n_groups, heads_per_group = H / G, CS = std::max<int64_t>(1, c.chunk_size);
     float* ssm = st.ssm.data() + li * H * HD * N;
+    auto xrow = [&](int64_t t) { return s.xbc.data() + t * CD; };
+    if (T == 1) {  // decode: S = exp(dt A) S + dt x ⊗ B;  y = S · C + D x
+      pool().parallel_for(H, [&](int64_t h0, int64_t h1, int) {
+        for (int64_t hh = h0; hh < h1; ++hh) {
+          const int64_t g = hh / heads_per_group;
+          const float dt = s.dt[size_t(hh)], decay = std::exp(dt * L.A[size_t(hh)]);
+          const float *x = xrow(0) + hh * HD, *B = xrow(0) + DI + g * N, *C = xrow(0) + DI + G * N + g * N;
+          float* S = ssm + hh * HD * N;
+          float* y = s.y.data() + hh * HD;
+          for (int64_t p = 0; p < HD; ++p) {
+            float* sp = S + p * N;
+            const float coef = dt * x[p];
+            for (int64_t n = 0; n < N; ++n) sp[n] = sp[n] * decay + coef * B[n];
+            y[p] = dot(sp, C, N) + L.D[size_t(hh)] * x[p];
+          }
+        }
+      });
+      return;
+    }
+    const int64_t nchunks = (T + CS - 1) / CS;
+    // C·Bᵀ of every (group, chunk), shared by the heads of the group.
+    s.cb.resize(size_t(G * nchunks * CS * CS));
+    pool().parallel_for(G * nchunks, [&](int64_t j0, int64_t j1, int) {
+      std::vector<float> Bc(static_cast<size_t>(CS * N)), Cc(static_cast<size_t>(CS * N));
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t g = j / nchunks, c0 = (j % nchunks) * CS, Lc = std::min(CS, T - c0);
+        for (int64_t t = 0; t < Lc; ++t) {
+          std::copy_n(xrow(c0 + t) + DI + g * N, N, Bc.data() + t * N);
+          std::copy_n(xrow(c0 + t) + DI + G * N + g * N, N, Cc.data() + t * N);
+        }
+        gemm_dense(Cc.data(), Lc, N, Bc.data(), DType::F32, Lc, s.cb.data() + j * CS * CS);
+      }
+    });
     pool().parallel_for(H, [&](int64_t h0, int64_t h1, int) {
-      const int64_t Lmax = std::min(CS, T);
-      const size_t lm = static_cast<size_t>(Lmax), hd = static_cast<size_t>(HD), n = static_cast<size_t>(N);
-      std::vector<float> X(lm * hd), B(lm * n), C(lm * n), cum(lm), dtc(lm), M(lm * lm), Y(lm * hd);
+      const size_t cs = static_cast<size_t>(CS), hd = static_cast<size_t>(HD), n = static_cast<size_t>(N);
+      std::vector<float> Xt(hd * cs), Xw(hd * cs), Bt(n * cs), C(cs * n), cum(cs), dtc(cs), M(cs * cs), Y(cs * hd),
+          Y2(cs * hd), dS(hd * n);
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t g = hh / heads_per_group;
         const float A = L.A[size_t(hh)], Dh = L.D[size_t(hh)];
         float* S = ssm + hh * HD * N;  // [HD][N]
-        for (int64_t c0 = 0; c0 < T; c0 += CS) {
-          const int64_t Lc = std::min(CS, T - c0);
+        for (int64_t ci = 0; ci < nchunks; ++ci) {
+          const int64_t c0 = ci * CS, Lc = std::min(CS, T - c0);
           float acc = 0;
           for (int64_t t = 0; t < Lc; ++t) {
-            const float* row = s.xbc.data() + (c0 + t) * CD;
-            std::copy_n(row + hh * HD, HD, X.data() + t * HD);
-            std::copy_n(row + DI + g * N, N, B.data() + t * N);
+            const float* row = xrow(c0 + t);
+            for (int64_t p = 0; p < HD; ++p) Xt[size_t(p * Lc + t)] = row[hh * HD + p];
+            for (int64_t k = 0; k < N; ++k) Bt[size_t(k * Lc + t)] = row[DI + g * N + k];
             std::copy_n(row + DI + G * N + g * N, N, C.data() + t * N);
             dtc[size_t(t)] = s.dt[size_t((c0 + t) * H + hh)];
             acc += dtc[size_t(t)] * A;
             cum[size_t(t)] = acc;
           }
-          // Inter-chunk: Y[t] = exp(cum[t]) * S · C[t]
-          for (int64_t t = 0; t < Lc; ++t) {
-            const float e = std::exp(cum[size_t(t)]);
-            for (int64_t p = 0; p < HD; ++p) Y[size_t(t * HD + p)] = e * dot(S + p * N, C.data() + t * N, N);
-          }
-          // Intra-chunk: Y[t] += sum_{u<=t} (C[t]·B[u]) exp(cum[t]-cum[u]) dt[u] X[u]
+          // M = (C·Bᵀ) ⊙ decay ⊙ dt, lower triangular
+          const float* cb = s.cb.data() + (g * nchunks + ci) * CS * CS;
           for (int64_t t = 0; t < Lc; ++t) {
             float* m = M.data() + t * Lc;
-            for (int64_t u = 0; u <= t; ++u)
-              m[u] = dot(C.data() + t * N, B.data() + u * N, N) * std::exp(cum[size_t(t)] - cum[size_t(u)]) *
-                     dtc[size_t(u)];
-            float* yt = Y.data() + t * HD;
-            for (int64_t u = 0; u <= t; ++u) {
-              const float mu = m[u];
-              const float* xu = X.data() + u * HD;
-              for (int64_t p = 0; p < HD; ++p) yt[p] += mu * xu[p];
-            }
+            const float* cbt = cb + t * Lc;
+            for (int64_t u = 0; u <= t; ++u) m[u] = cbt[u] * std::exp(cum[size_t(t)] - cum[size_t(u)]) * dtc[size_t(u)];
+            for (int64_t u = t + 1; u < Lc; ++u) m[u] = 0.0f;
           }
-          // State: S = exp(cum[L-1]) S + sum_u exp(cum[L-1]-cum[u]) dt[u] X[u] ⊗ B[u]
-          const float last = cum[size_t(Lc - 1)];
-          const float decay = std::exp(last);
-          for (int64_t i = 0; i < HD * N; ++i) S[i] *= decay;
-          for (int64_t u = 0; u < Lc; ++u) {
-            const float wu = std::exp(last - cum[size_t(u)]) * dtc[size_t(u)];
-            const float* bu = B.data() + u * N;
-            for (int64_t p = 0; p < HD; ++p) {
-              const float coef = wu * X[size_t(u * HD + p)];
-              float* sp = S + p * N;
-              for (int64_t n = 0; n < N; ++n) sp[n] += coef * bu[n];
-            }
-          }
+          gemm_dense(M.data(), Lc, Lc, Xt.data(), DType::F32, HD, Y.data());   // [Lc, HD] intra-chunk
+          gemm_dense(C.data(), Lc, N, S, DType::F32, HD, Y2.data());            // [Lc, HD] C · Sᵀ
           for (int64_t t = 0; t < Lc; ++t) {
+            const float e = std::exp(cum[size_t(t)]);
             float* yo = s.y.data() + (c0 + t) * DI + hh * HD;
-            const float* yt = Y.data() + t * HD;
-            const float* xt = X.data() + t * HD;
-            for (int64_t p = 0; p < HD; ++p) yo[p] = yt[p] + Dh * xt[p];
+            const float* x = xrow(c0 + t) + hh * HD;
+            for (int64_t p = 0; p < HD; ++p) yo[p] = Y[size_t(t * HD + p)] + e * Y2[size_t(t * HD + p)] + Dh * x[p];
           }
+          // S = exp(cum[L-1]) S + (X ⊙ w)ᵀ · B with w[u] = exp(cum[L-1] - cum[u]) dt[u]
+          const float last = cum[size_t(Lc - 1)];
+          for (int64_t u = 0; u < Lc; ++u) M[size_t(u)] = std::exp(last - cum[size_t(u)]) * dtc[size_t(u)];
+          for (int64_t p = 0; p < HD; ++p)
+            for (int64_t u = 0; u < Lc; ++u) Xw[size_t(p * Lc + u)] = Xt[size_t(p * Lc + u)] * M[size_t(u)];
+          gemm_dense(Xw.data(), HD, Lc, Bt.data(), DType::F32, N, dS.data());  // [HD, N]
+          const float decay = std::exp(last);
+          for (int64_t i = 0; i < HD * N; ++i) S[i] = S[i] * decay + dS[size_t(i)];
         }
       }
     });

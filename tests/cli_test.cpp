@@ -1,0 +1,83 @@
+// The hxq binary: exit codes (0 ok, 1 bad input, 2 usage), one-line errors, `hxq logits`.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+using namespace hxq;
+using test::run_cli;
+
+namespace {
+
+int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
+
+TEST(Cli, UsageErrorsExitTwo) {
+  auto r = run_cli({});
+  EXPECT_EQ(r.code, 2) << r.err;
+  r = run_cli({"no-such-command"});
+  EXPECT_EQ(r.code, 2);
+  r = run_cli({"logits", "--bogus"});
+  EXPECT_EQ(r.code, 2);
+  r = run_cli({"logits", "--ids-file", "x"});  // -m missing
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
+  r = run_cli({"--help"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("logits"), std::string::npos);
+}
+
+TEST(Cli, BadInputExitsOneWithOneLine) {
+  auto dir = test::temp_dir("cli-bad");
+  test::write_file(dir + "/ids.bin", std::string("\x01\x00\x00", 3));
+  auto r = run_cli({"logits", "-m", dir + "/missing", "--ids-file", dir + "/ids.bin", "--out", dir + "/o"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("ids.bin"), std::string::npos) << r.err;  // ids are read (and rejected) first
+  EXPECT_FALSE(std::filesystem::exists(dir + "/o"));
+
+  test::write_file(dir + "/ids.bin", std::string("\x01\x00\x00\x00", 4));
+  r = run_cli({"logits", "-m", dir + "/missing", "--ids-file", dir + "/ids.bin", "--out", dir + "/o"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/o"));
+}
+
+TEST(Cli, LogitsMatchReference) {
+  HXQ_REQUIRE_DATA("fixtures/hf/mamba2-tiny/reference.safetensors");
+  const auto mdir = test::data_path("fixtures/hf/mamba2-tiny");
+  auto ref = TensorStore::open(mdir + "/reference.safetensors");
+  const auto& in = ref.get("input_ids");
+  std::string ids;
+  for (int64_t i = 0; i < in.numel(); ++i) {
+    int32_t v = int32_t(reinterpret_cast<const int64_t*>(in.data)[i]);
+    ids.append(reinterpret_cast<const char*>(&v), 4);
+  }
+  auto dir = test::temp_dir("cli-logits");
+  test::write_file(dir + "/ids.bin", ids);
+  auto r = run_cli({"logits", "-m", mdir, "--ids-file", dir + "/ids.bin", "--out", dir + "/l.bin", "--chunk", "7",
+                    "--threads", "2", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"tokens\":45"), std::string::npos) << r.out;
+  auto got = test::read_f32_file(dir + "/l.bin");
+  const auto& want = ref.get("logits");
+  ASSERT_EQ(int64_t(got.size()), want.numel());
+  const float* w = reinterpret_cast<const float*>(want.data);
+  float err = 0;
+  for (size_t i = 0; i < got.size(); ++i) err = std::max(err, std::fabs(got[i] - w[i]));
+  EXPECT_LE(err, tol::kLogitAbs);
+
+  // token id outside the vocabulary
+  int32_t big = 5000;
+  test::write_file(dir + "/bad.bin", std::string(reinterpret_cast<const char*>(&big), 4));
+  r = run_cli({"logits", "-m", mdir, "--ids-file", dir + "/bad.bin", "--out", dir + "/l2.bin"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("5000"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/l2.bin"));
+}
+
+}  // namespace
