@@ -5,5 +5,4 @@
 namespace hxq::cli {
 void add_generate(CLI::App& app) { app.add_subcommand("generate", "Generate text")->callback([] { fail("generate: not built yet"); }); }
 void add_logits(CLI::App& app) { app.add_subcommand("logits", "Write logits")->callback([] { fail("logits: not built yet"); }); }
-void add_tokenize(CLI::App& app) { app.add_subcommand("tokenize", "Tokenize text")->callback([] { fail("tokenize: not built yet"); }); }
 }  // namespace hxq::cli

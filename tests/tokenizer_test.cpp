@@ -1,0 +1,116 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace hxq;
+
+namespace {
+
+constexpr const char* kNeox = "data/tokenizers/gpt-neox-20b/20B_tokenizer.json";
+constexpr const char* kNeoxModel = "models/mamba2-neox-17m";
+constexpr const char* kQwen = "data/tokenizers/qwen3/tokenizer.json";
+constexpr const char* kQwenDir = "data/tokenizers/qwen3";
+constexpr const char* kStories = "models/stories260K-hf";
+constexpr const char* kSpmDir = "data/tokenizers/llama2-spm";
+constexpr const char* kGoldens = "data/tokenizer-goldens/goldens.json";
+constexpr const char* kWiki = "data/wikitext-2-raw/wiki.test.raw";
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::vector<int32_t> read_i32(const std::string& p) {
+  std::string s = slurp(p);
+  std::vector<int32_t> v(s.size() / 4);
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t x = 0;
+    for (int b = 0; b < 4; ++b) x |= uint32_t(uint8_t(s[i * 4 + size_t(b)])) << (8 * b);
+    v[i] = int32_t(x);
+  }
+  return v;
+}
+
+const json& goldens() {
+  static const json g = parse_json_file(test::data_path(kGoldens));
+  return g;
+}
+
+// Index of the first difference, for readable failures on 300k-id sequences.
+::testing::AssertionResult same_ids(const std::vector<int32_t>& got, const std::vector<int32_t>& want) {
+  size_t n = std::min(got.size(), want.size());
+  for (size_t i = 0; i < n; ++i)
+    if (got[i] != want[i])
+      return ::testing::AssertionFailure() << "first difference at " << i << ": got " << got[i] << ", want "
+                                           << want[i] << " (sizes " << got.size() << " vs " << want.size() << ")";
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "sizes differ: " << got.size() << " vs " << want.size();
+  return ::testing::AssertionSuccess();
+}
+
+void check_strings(const Tokenizer& tok, const char* name, bool round_trip) {
+  const auto& g = goldens();
+  const auto& strings = g["test_strings"];
+  const auto& want = g[name]["strings"];
+  ASSERT_EQ(strings.size(), want.size());
+  for (size_t i = 0; i < strings.size(); ++i) {
+    auto s = strings[i].get<std::string>();
+    auto ids = tok.encode(s);
+    EXPECT_TRUE(same_ids(ids, want[i].get<std::vector<int32_t>>())) << "string #" << i << " '" << s << "'";
+    if (round_trip) {
+      EXPECT_EQ(tok.decode(ids), s) << "string #" << i;
+    }
+  }
+}
+
+void check_wiki(const Tokenizer& tok, const char* name) {
+  std::string text = slurp(test::data_path(kWiki));
+  auto want = read_i32(test::data_path(std::string("data/tokenizer-goldens/wiki.test.raw.") + name + ".i32"));
+  ASSERT_EQ(int64_t(want.size()), goldens()[name]["wiki.test.raw tokens"].get<int64_t>());
+  auto ids = tok.encode(text);
+  EXPECT_TRUE(same_ids(ids, want));
+  EXPECT_TRUE(tok.decode(ids) == text) << "wiki.test.raw does not round-trip";
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ GPT-NeoX
+
+TEST(TokenizerNeox, GoldenStrings) {
+  HXQ_REQUIRE_DATA(kNeox);
+  HXQ_REQUIRE_DATA(kGoldens);
+  check_strings(Tokenizer::from_json_file(test::data_path(kNeox)), "gpt-neox-20b", true);
+}
+
+TEST(TokenizerNeox, GoldenStringsModelDir) {
+  HXQ_REQUIRE_DATA(kNeoxModel);
+  HXQ_REQUIRE_DATA(kGoldens);
+  auto tok = Tokenizer::load(test::data_path(kNeoxModel));
+  check_strings(tok, "gpt-neox-20b", true);
+  EXPECT_EQ(tok.vocab_size(), 50277);
+  EXPECT_EQ(tok.bos_id(), 0);
+  EXPECT_EQ(tok.eos_id(), 0);
+  EXPECT_FALSE(tok.add_bos_by_default());
+}
+
+TEST(TokenizerNeox, WikiTestRaw) {
+  HXQ_REQUIRE_DATA(kNeox);
+  HXQ_REQUIRE_DATA(kWiki);
+  check_wiki(Tokenizer::from_json_file(test::data_path(kNeox)), "gpt-neox-20b");
+}
+
+TEST(TokenizerNeox, WikiTestRawModelDir) {
+  HXQ_REQUIRE_DATA(kNeoxModel);
+  HXQ_REQUIRE_DATA(kWiki);
+  check_wiki(Tokenizer::load(test::data_path(kNeoxModel)), "gpt-neox-20b");
+}
