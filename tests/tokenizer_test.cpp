@@ -114,3 +114,37 @@ TEST(TokenizerNeox, WikiTestRawModelDir) {
   HXQ_REQUIRE_DATA(kWiki);
   check_wiki(Tokenizer::load(test::data_path(kNeoxModel)), "gpt-neox-20b");
 }
+
+// ------------------------------------------------------------------ Qwen3
+
+TEST(TokenizerQwen3, GoldenStrings) {
+  HXQ_REQUIRE_DATA(kQwen);
+  HXQ_REQUIRE_DATA(kGoldens);
+  check_strings(Tokenizer::from_json_file(test::data_path(kQwen)), "qwen3", true);
+}
+
+TEST(TokenizerQwen3, WikiTestRaw) {
+  HXQ_REQUIRE_DATA(kQwen);
+  HXQ_REQUIRE_DATA(kWiki);
+  check_wiki(Tokenizer::from_json_file(test::data_path(kQwen)), "qwen3");
+}
+
+TEST(TokenizerQwen3, ConfigAndSpecialTokens) {
+  HXQ_REQUIRE_DATA(kQwenDir);
+  auto tok = Tokenizer::load(test::data_path(kQwenDir));
+  EXPECT_EQ(tok.vocab_size(), 151669);
+  EXPECT_FALSE(tok.bos_id().has_value());  // bos_token: null
+  EXPECT_EQ(tok.eos_id(), 151645);         // <|im_end|>
+  EXPECT_FALSE(tok.add_bos_by_default());
+  // Special tokens are matched before pre-tokenization, anywhere in the text.
+  auto ids = tok.encode("<|im_start|>user\nHi<|im_end|>");
+  ASSERT_GE(ids.size(), 4u);
+  EXPECT_EQ(ids.front(), 151644);
+  EXPECT_EQ(ids.back(), 151645);
+  EXPECT_TRUE(tok.is_special(151644));
+  EXPECT_FALSE(tok.is_special(151667));  // <think> is an added, non-special token
+  EXPECT_EQ(tok.decode(ids), "<|im_start|>user\nHi<|im_end|>");
+  EXPECT_EQ(tok.decode(ids, /*skip_special=*/true), "user\nHi");
+  EXPECT_EQ(tok.encode("<think>x</think>").front(), 151667);
+  EXPECT_EQ(tok.decode(tok.encode("<think>x</think>"), true), "<think>x</think>");
+}
