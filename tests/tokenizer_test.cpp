@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -147,4 +148,101 @@ TEST(TokenizerQwen3, ConfigAndSpecialTokens) {
   EXPECT_EQ(tok.decode(ids, /*skip_special=*/true), "user\nHi");
   EXPECT_EQ(tok.encode("<think>x</think>").front(), 151667);
   EXPECT_EQ(tok.decode(tok.encode("<think>x</think>"), true), "<think>x</think>");
+}
+
+// ------------------------------------------------------------------ SentencePiece-style BPE (tokenizer.json)
+
+namespace {
+// tools/gen_refs.py STORIES_GOLDEN: the text whose ids (after BOS) are in reference.safetensors.
+constexpr const char* kStoriesGolden =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
+
+std::vector<int32_t> tensor_ids(const TensorInfo& t) {
+  std::vector<int32_t> v;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    int64_t x;
+    std::memcpy(&x, t.data + i * 8, 8);
+    v.push_back(int32_t(x));
+  }
+  return v;
+}
+}  // namespace
+
+TEST(TokenizerStories, MatchesReferenceInputIds) {
+  HXQ_REQUIRE_DATA(std::string(kStories) + "/reference.safetensors");
+  auto tok = Tokenizer::load(test::data_path(kStories));
+  auto store = TensorStore::open(test::data_path(std::string(kStories) + "/reference.safetensors"));
+  const auto& t = store.get("input_ids");
+  ASSERT_EQ(t.dtype, DType::I64);
+  auto want = tensor_ids(t);
+  EXPECT_EQ(tok.bos_id(), 1);
+  EXPECT_EQ(tok.eos_id(), 2);
+  EXPECT_TRUE(tok.add_bos_by_default());
+  EXPECT_EQ(tok.vocab_size(), 512);
+  EXPECT_TRUE(same_ids(tok.encode(kStoriesGolden, true), want));
+  auto plain = tok.encode(kStoriesGolden);
+  EXPECT_EQ(plain.size() + 1, want.size());
+  EXPECT_EQ(tok.decode(plain), kStoriesGolden);
+  EXPECT_EQ(tok.decode(tok.encode(kStoriesGolden, true), true), kStoriesGolden);
+  // Without tokenizer_config.json the TemplateProcessing post-processor still adds <s>.
+  auto bare = Tokenizer::from_json_file(test::data_path(std::string(kStories) + "/tokenizer.json"));
+  EXPECT_TRUE(same_ids(bare.encode(kStoriesGolden, true), want));
+  EXPECT_EQ(bare.bos_id(), 1);
+}
+
+TEST(TokenizerStories, GreedyTextAndByteFallbackRoundTrip) {
+  HXQ_REQUIRE_DATA(std::string(kStories) + "/greedy.txt");
+  auto tok = Tokenizer::load(test::data_path(kStories));
+  std::string greedy = slurp(test::data_path(std::string(kStories) + "/greedy.txt"));
+  EXPECT_EQ(tok.decode(tok.encode(greedy)), greedy);
+  // Characters outside the 512-token vocabulary go through <0xXX> byte tokens and come back.
+  for (std::string s : {"Führer 🦙 naïve", "  two  spaces", "\ttab\nnewline", "日本語", " leading", ""}) {
+    auto ids = tok.encode(s);
+    EXPECT_EQ(tok.decode(ids), s) << s;
+  }
+  auto ids = tok.encode("\xF0\x9F\xA6\x99");  // U+1F999: ▁ + four byte tokens
+  ASSERT_EQ(ids.size(), 5u);
+  EXPECT_EQ(*tok.id_to_token(ids[0]), "\xE2\x96\x81");
+  EXPECT_EQ(*tok.id_to_token(ids[1]), "<0xF0>");
+  EXPECT_EQ(*tok.id_to_token(ids[4]), "<0x99>");
+  // An invalid byte run decodes to one U+FFFD per byte (ByteFallback decoder).
+  std::vector<int32_t> broken{ids[1], ids[2]};
+  EXPECT_EQ(tok.decode(broken), "\xEF\xBF\xBD\xEF\xBF\xBD");
+}
+
+TEST(TokenizerStories, GoldenStringsRoundTrip) {
+  HXQ_REQUIRE_DATA(kStories);
+  HXQ_REQUIRE_DATA(kGoldens);
+  auto tok = Tokenizer::load(test::data_path(kStories));
+  for (const auto& s : goldens()["test_strings"]) {
+    auto str = s.get<std::string>();
+    EXPECT_EQ(tok.decode(tok.encode(str)), str) << str;
+  }
+}
+
+// ------------------------------------------------------------------ SentencePiece tokenizer.model
+
+TEST(TokenizerSpm, GoldenStrings) {
+  HXQ_REQUIRE_DATA(std::string(kSpmDir) + "/tokenizer.model");
+  HXQ_REQUIRE_DATA(kGoldens);
+  auto tok = Tokenizer::load(test::data_path(kSpmDir));
+  check_strings(tok, "llama2-spm", false);
+  EXPECT_EQ(tok.vocab_size(), 32000);
+  EXPECT_EQ(tok.bos_id(), 1);
+  EXPECT_EQ(tok.eos_id(), 2);
+  EXPECT_TRUE(tok.add_bos_by_default());
+  auto ids = tok.encode("Hello world", true);
+  EXPECT_EQ(ids.front(), 1);
+  EXPECT_EQ(tok.decode(ids, true), "Hello world");
+}
+
+TEST(TokenizerSpm, WikiTestRaw) {
+  HXQ_REQUIRE_DATA(std::string(kSpmDir) + "/tokenizer.model");
+  HXQ_REQUIRE_DATA(kWiki);
+  auto tok = Tokenizer::load(test::data_path(kSpmDir));
+  std::string text = slurp(test::data_path(kWiki));
+  auto want = read_i32(test::data_path("data/tokenizer-goldens/wiki.test.raw.llama2-spm.i32"));
+  ASSERT_EQ(want.size(), 335687u);
+  EXPECT_TRUE(same_ids(tok.encode(text), want));
 }
