@@ -28,23 +28,64 @@ bool opt_bool(const json& j, const char* key, const std::string& path) {
 }
 }  // namespace
 
+void StringIndex::build(std::vector<std::string> keys, std::vector<int32_t> values) {
+  keys_ = std::move(keys);
+  values_ = std::move(values);
+  size_t cap = 16;
+  while (cap < keys_.size() * 2) cap *= 2;
+  slots_.assign(cap, Slot{0, -1});
+  mask_ = cap - 1;
+  for (size_t k = 0; k < keys_.size(); ++k) {
+    uint64_t h = std::hash<std::string_view>{}(keys_[k]);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.index < 0) {
+        s = Slot{h, int32_t(k)};
+        break;
+      }
+      if (s.hash == h && keys_[size_t(s.index)] == keys_[k]) {
+        s.index = int32_t(k);  // duplicate key: the last one wins
+        break;
+      }
+    }
+  }
+}
+
+std::optional<int32_t> StringIndex::find(std::string_view key) const {
+  if (slots_.empty()) return std::nullopt;
+  uint64_t h = std::hash<std::string_view>{}(key);
+  for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+    const Slot& s = slots_[i];
+    if (s.index < 0) return std::nullopt;
+    if (s.hash == h && keys_[size_t(s.index)] == key) return values_[size_t(s.index)];
+  }
+}
+
 BpeModel::BpeModel(const json& model, const std::string& path) {
   auto vit = model.find("vocab");
   if (vit == model.end() || !vit->is_object()) fail("{}: BPE model has no \"vocab\" object", path);
-  vocab_.reserve(vit->size());
   int64_t max_id = -1;
-  for (auto it = vit->begin(); it != vit->end(); ++it) {
-    if (!it.value().is_number_integer()) fail("{}: vocab entry '{}' has a non-integer id", path, it.key());
-    int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id >= kMaxId) fail("{}: vocab entry '{}' has id {} out of range", path, it.key(), id);
-    vocab_[it.key()] = int32_t(id);
-    max_id = std::max(max_id, id);
+  {
+    std::vector<std::string> keys;
+    std::vector<int32_t> ids;
+    keys.reserve(vit->size());
+    ids.reserve(vit->size());
+    for (auto it = vit->begin(); it != vit->end(); ++it) {
+      if (!it.value().is_number_integer()) fail("{}: vocab entry '{}' has a non-integer id", path, it.key());
+      int64_t id = it.value().get<int64_t>();
+      if (id < 0 || id >= kMaxId) fail("{}: vocab entry '{}' has id {} out of range", path, it.key(), id);
+      keys.push_back(it.key());
+      ids.push_back(int32_t(id));
+      max_id = std::max(max_id, id);
+    }
+    vocab_.build(std::move(keys), std::move(ids));
   }
   id_to_token_.resize(size_t(max_id + 1));
   id_present_.assign(size_t(max_id + 1), 0);
-  for (auto& [tok, id] : vocab_) {
-    id_to_token_[size_t(id)] = tok;
-    id_present_[size_t(id)] = 1;
+  for (size_t k = 0; k < vocab_.size(); ++k) {
+    size_t id = size_t(vocab_.values()[k]);
+    id_to_token_[id] = vocab_.keys()[k];
+    id_present_[id] = 1;
   }
 
   prefix_ = opt_string(model, "continuing_subword_prefix", path).value_or("");
@@ -54,13 +95,11 @@ BpeModel::BpeModel(const json& model, const std::string& path) {
   ignore_merges_ = opt_bool(model, "ignore_merges", path);
   // "dropout" only matters for training-time sampling; inference runs deterministic BPE.
   if (auto unk = opt_string(model, "unk_token", path)) {
-    auto it = vocab_.find(*unk);
-    if (it == vocab_.end()) fail("{}: unk_token '{}' is not in the vocabulary", path, *unk);
-    unk_id_ = it->second;
+    unk_id_ = vocab_.find(*unk);
+    if (!unk_id_) fail("{}: unk_token '{}' is not in the vocabulary", path, *unk);
   }
   for (int b = 0; b < 256; ++b) {
-    auto it = vocab_.find(fmt::format("<0x{:02X}>", b));
-    byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    byte_ids_[b] = vocab_.find(fmt::format("<0x{:02X}>", b)).value_or(-1);
   }
 
   auto mit = model.find("merges");
@@ -68,9 +107,9 @@ BpeModel::BpeModel(const json& model, const std::string& path) {
   if (!mit->is_array()) fail("{}: model.merges must be an array", path);
   merges_.reserve(mit->size());
   auto lookup = [&](const std::string& t, size_t rank) {
-    auto it = vocab_.find(t);
-    if (it == vocab_.end()) fail("{}: merge #{} references unknown token '{}'", path, rank, t);
-    return it->second;
+    auto id = vocab_.find(t);
+    if (!id) fail("{}: merge #{} references unknown token '{}'", path, rank, t);
+    return *id;
   };
   int32_t rank = 0;
   for (const auto& m : *mit) {
@@ -97,11 +136,7 @@ BpeModel::BpeModel(const json& model, const std::string& path) {
   }
 }
 
-std::optional<int32_t> BpeModel::token_to_id(std::string_view token) const {
-  auto it = vocab_.find(token);
-  if (it == vocab_.end()) return std::nullopt;
-  return it->second;
-}
+std::optional<int32_t> BpeModel::token_to_id(std::string_view token) const { return vocab_.find(token); }
 
 const std::string* BpeModel::id_to_token(int32_t id) const {
   if (id < 0 || size_t(id) >= id_to_token_.size() || !id_present_[size_t(id)]) return nullptr;
@@ -111,8 +146,8 @@ const std::string* BpeModel::id_to_token(int32_t id) const {
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const {
   if (word.empty()) return;
   if (ignore_merges_) {
-    if (auto it = vocab_.find(word); it != vocab_.end()) {
-      out.push_back(it->second);
+    if (auto id = vocab_.find(word)) {
+      out.push_back(*id);
       return;
     }
   }
@@ -163,9 +198,9 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       if (last) tmp.append(suffix_);
       s = tmp;
     }
-    if (auto it = vocab_.find(s); it != vocab_.end()) {
+    if (auto id = vocab_.find(s)) {
       flush_unk();
-      add(it->second, clen);
+      add(*id, clen);
     } else {
       bool done = false;
       if (byte_fallback_) {

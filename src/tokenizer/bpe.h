@@ -20,6 +20,27 @@ struct StringHash {
 template <typename V>
 using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
 
+// Open-addressing string -> id index (hash codes kept next to the slots, so probing rarely
+// touches the strings); built once, read-only afterwards.
+class StringIndex {
+ public:
+  void build(std::vector<std::string> keys, std::vector<int32_t> values);
+  std::optional<int32_t> find(std::string_view key) const;
+  size_t size() const { return keys_.size(); }
+  const std::vector<std::string>& keys() const { return keys_; }
+  const std::vector<int32_t>& values() const { return values_; }
+
+ private:
+  struct Slot {
+    uint64_t hash;
+    int32_t index;  // into keys_/values_, -1 when empty
+  };
+  std::vector<std::string> keys_;
+  std::vector<int32_t> values_;
+  std::vector<Slot> slots_;
+  uint64_t mask_ = 0;
+};
+
 class BpeModel {
  public:
   // `model` is the "model" object of tokenizer.json; errors name `path`.
@@ -35,7 +56,7 @@ class BpeModel {
  private:
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
 
-  StringMap<int32_t> vocab_;
+  StringIndex vocab_;
   std::vector<std::string> id_to_token_;
   std::vector<uint8_t> id_present_;
   struct MergeInfo {

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/mmap.h"
 #include "io/json.h"
 #include "tokenizer/backend.h"
 #include "tokenizer/bpe.h"
@@ -827,7 +828,15 @@ class HfBackend final : public Backend {
 };
 
 HfBackend::HfBackend(const std::string& path) : path_(path) {
-  json j = parse_json_file(path);
+  json j;
+  {
+    std::string text = read_text_file(path);
+    try {
+      j = json::parse(text);  // fast path: tokenizer.json is plain JSON
+    } catch (const json::exception&) {
+      j = parse_json_text(text, path);  // non-finite numbers, or the error message naming the file
+    }
+  }
   Ctx c{path};
   if (!j.is_object()) fail("{}: tokenizer.json must be a JSON object", path);
 

@@ -47,6 +47,7 @@ class Tokenizer {
   struct State;  // opaque, shared by copies (copying a Tokenizer is cheap)
 
  private:
+  Tokenizer() = default;  // always made by load() / from_*_file()
   std::shared_ptr<const State> s_;
 };
 
