@@ -4,6 +4,7 @@
 #include <atomic>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <thread>
 #include <fstream>
 #include <sstream>
@@ -43,6 +44,14 @@ std::vector<int32_t> read_i32(const std::string& p) {
     v[i] = int32_t(x);
   }
   return v;
+}
+
+// Loading Qwen3's 11 MB tokenizer.json takes a moment; tests share one instance per file.
+const Tokenizer& cached(const char* rel) {
+  static std::map<std::string, Tokenizer> loaded;
+  auto it = loaded.find(rel);
+  if (it == loaded.end()) it = loaded.emplace(rel, Tokenizer::load(test::data_path(rel))).first;
+  return it->second;
 }
 
 const json& goldens() {
@@ -93,7 +102,7 @@ void check_wiki(const Tokenizer& tok, const char* name) {
 TEST(TokenizerNeox, GoldenStrings) {
   HXQ_REQUIRE_DATA(kNeox);
   HXQ_REQUIRE_DATA(kGoldens);
-  check_strings(Tokenizer::from_json_file(test::data_path(kNeox)), "gpt-neox-20b", true);
+  check_strings(cached(kNeox), "gpt-neox-20b", true);
 }
 
 TEST(TokenizerNeox, GoldenStringsModelDir) {
@@ -110,7 +119,7 @@ TEST(TokenizerNeox, GoldenStringsModelDir) {
 TEST(TokenizerNeox, WikiTestRaw) {
   HXQ_REQUIRE_DATA(kNeox);
   HXQ_REQUIRE_DATA(kWiki);
-  check_wiki(Tokenizer::from_json_file(test::data_path(kNeox)), "gpt-neox-20b");
+  check_wiki(cached(kNeox), "gpt-neox-20b");
 }
 
 TEST(TokenizerNeox, WikiTestRawModelDir) {
@@ -124,18 +133,18 @@ TEST(TokenizerNeox, WikiTestRawModelDir) {
 TEST(TokenizerQwen3, GoldenStrings) {
   HXQ_REQUIRE_DATA(kQwen);
   HXQ_REQUIRE_DATA(kGoldens);
-  check_strings(Tokenizer::from_json_file(test::data_path(kQwen)), "qwen3", true);
+  check_strings(cached(kQwen), "qwen3", true);
 }
 
 TEST(TokenizerQwen3, WikiTestRaw) {
   HXQ_REQUIRE_DATA(kQwen);
   HXQ_REQUIRE_DATA(kWiki);
-  check_wiki(Tokenizer::from_json_file(test::data_path(kQwen)), "qwen3");
+  check_wiki(cached(kQwen), "qwen3");
 }
 
 TEST(TokenizerQwen3, ConfigAndSpecialTokens) {
   HXQ_REQUIRE_DATA(kQwenDir);
-  auto tok = Tokenizer::load(test::data_path(kQwenDir));
+  auto tok = cached(kQwenDir);
   EXPECT_EQ(tok.vocab_size(), 151669);
   EXPECT_FALSE(tok.bos_id().has_value());  // bos_token: null
   EXPECT_EQ(tok.eos_id(), 151645);         // <|im_end|>
@@ -394,7 +403,7 @@ TEST(TokenizerSynthetic, SplitBehaviors) {
 
 TEST(TokenizerSynthetic, InvalidUtf8IsReplaced) {
   HXQ_REQUIRE_DATA(kNeox);
-  auto tok = Tokenizer::from_json_file(test::data_path(kNeox));
+  auto tok = cached(kNeox);
   EXPECT_EQ(tok.encode("a\xFF" "b\xE2\x82"), tok.encode("a\xEF\xBF\xBD" "b\xEF\xBF\xBD"));
 }
 
@@ -488,7 +497,7 @@ constexpr const char* kStreamText =
 
 TEST(TokenizerStream, ByteLevelHoldsBackPartialCharacters) {
   HXQ_REQUIRE_DATA(kNeox);
-  auto tok = Tokenizer::from_json_file(test::data_path(kNeox));
+  auto tok = cached(kNeox);
   check_stream(tok, kStreamText, true);
   // Three byte tokens of one emoji: nothing until the character is complete.
   auto ids = tok.encode("🦙");  // "ðŁ", "¦", "Ļ"
@@ -507,7 +516,7 @@ TEST(TokenizerStream, ByteLevelHoldsBackPartialCharacters) {
 TEST(TokenizerStream, QwenAndSentencePieceStyle) {
   HXQ_REQUIRE_DATA(kQwen);
   HXQ_REQUIRE_DATA(kStories);
-  check_stream(Tokenizer::from_json_file(test::data_path(kQwen)), kStreamText, true);
+  check_stream(cached(kQwen), kStreamText, true);
   auto stories = Tokenizer::load(test::data_path(kStories));
   check_stream(stories, kStreamText, true);
   check_stream(stories, " Once upon a time", true);
@@ -529,7 +538,7 @@ TEST(TokenizerStream, SentencePieceModel) {
 TEST(TokenizerThreads, ConcurrentEncodeSharesCacheSafely) {
   HXQ_REQUIRE_DATA(kNeox);
   HXQ_REQUIRE_DATA(kWiki);
-  auto tok = Tokenizer::from_json_file(test::data_path(kNeox));
+  auto tok = cached(kNeox);
   std::string text = slurp(test::data_path(kWiki)).substr(0, 200000);
   std::vector<std::string> lines;
   std::istringstream in(text);

@@ -9,6 +9,14 @@
 #include <string_view>
 #include <vector>
 
+// Supported tokenizer.json parts (anything else is a one-line Error naming file and type):
+//   model: BPE (vocab, merges "a b" or ["a","b"], unk_token, fuse_unk, byte_fallback,
+//          ignore_merges, continuing_subword_prefix, end_of_word_suffix; dropout is ignored)
+//   normalizer: NFC NFD NFKC NFKD Lowercase Strip StripAccents Prepend Replace Sequence
+//   pre_tokenizer: ByteLevel Split Metaspace Digits WhitespaceSplit Sequence
+//   decoder: ByteLevel ByteFallback Fuse Strip Replace Metaspace Sequence
+//   post_processor: ByteLevel TemplateProcessing BertProcessing RobertaProcessing Sequence
+//   added_tokens: special / normalized / lstrip / rstrip / single_word
 namespace hxq {
 
 namespace tok {
