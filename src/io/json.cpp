@@ -50,14 +50,32 @@ std::string rewrite_nonfinite(const std::string& s) {
 
 }  // namespace
 
+std::string clean_json_error(const char* what) {
+  std::string msg = what;
+  if (auto p = msg.find("] "); p != std::string::npos) msg = msg.substr(p + 2);
+  std::string out;
+  for (unsigned char c : msg) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += char(c);
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+    if (out.size() > 300) {
+      out += "...";
+      break;
+    }
+  }
+  return out;
+}
+
 json parse_json_text(const std::string& text, const std::string& what) {
+  // nlohmann's parser treats a NUL byte as the end of the input and would ignore what follows
+  if (auto z = text.find('\0'); z != std::string::npos) fail("{}: invalid JSON: NUL byte at offset {}", what, z);
   try {
     bool plain = text.find("Infinity") == std::string::npos && text.find("NaN") == std::string::npos;
     return json::parse(plain ? text : rewrite_nonfinite(text));
   } catch (const json::exception& e) {
-    std::string msg = e.what();
-    if (auto p = msg.find("] "); p != std::string::npos) msg = msg.substr(p + 2);
-    fail("{}: invalid JSON: {}", what, msg);
+    fail("{}: invalid JSON: {}", what, clean_json_error(e.what()));
   }
 }
 

@@ -14,6 +14,10 @@ using json = nlohmann::json;
 json parse_json_file(const std::string& path);
 json parse_json_text(const std::string& text, const std::string& what);
 
+// The message of a nlohmann::json exception without its "[json.exception...] " prefix, as one
+// line of printable ASCII (bytes quoted from malformed input become \xNN), at most ~300 chars.
+std::string clean_json_error(const char* what);
+
 // A number, or transformers 5's {"__float__": "Infinity" | "-Infinity" | "NaN"}.
 double json_float(const json& j, const std::string& what);
 
