@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/output.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"hxq: calibration-free HXQ weight compression and inference for language models"};
@@ -13,6 +14,10 @@ int main(int argc, char** argv) {
   hxq::cli::add_generate(app);
   hxq::cli::add_logits(app);
   hxq::cli::add_tokenize(app);
+  hxq::cli::add_perplexity(app);
+  hxq::cli::add_kl(app);
+  hxq::cli::add_synth(app);
+  hxq::install_interrupt_handlers();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -26,6 +31,10 @@ int main(int argc, char** argv) {
     std::cerr << "hxq: " << e.what() << "\n";
     std::cerr << "Run 'hxq --help' or 'hxq <command> --help' for usage.\n";
     return 2;
+  } catch (const hxq::Interrupted&) {
+    std::fflush(stdout);
+    std::cerr << "hxq: interrupted; no output was written\n";
+    return 130;
   } catch (const hxq::UsageError& e) {
     std::fflush(stdout);
     std::cerr << "hxq: " << e.what() << "\n";

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/output.h"
 #include "core/threadpool.h"
 #include "io/checkpoint_writer.h"
 #include "io/json.h"
@@ -55,6 +56,7 @@ void emit(CheckpointWriter& w, const std::string& name, DType dtype, const std::
       }
     }, 1 << 14);
     w.write(buf.data(), buf.size());
+    check_interrupted();
   }
   w.end_tensor();
 }
@@ -81,10 +83,7 @@ int64_t write_synthetic_model(const std::string& out_dir, const SynthOptions& o)
   if (o.dtype != DType::BF16 && o.dtype != DType::F32 && o.dtype != DType::F16)
     usage_fail("synth: --dtype must be bf16, f16 or f32");
   namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::exists(out_dir, ec) && !fs::is_empty(out_dir, ec)) fail("{}: output directory exists and is not empty", out_dir);
-  fs::create_directories(out_dir, ec);
-  if (ec) fail("{}: cannot create directory: {}", out_dir, ec.message());
+  AtomicOutputDir out(out_dir, o.overwrite);
 
   const int64_t D = shape->d_model, NL = shape->n_layer, V = 50288, N = 128, HD = 64, DI = 2 * D, H = DI / HD, G = 1;
   const int64_t CD = DI + 2 * G * N, P = 2 * DI + 2 * G * N + H;
@@ -97,9 +96,9 @@ int64_t write_synthetic_model(const std::string& out_dir, const SynthOptions& o)
               {"time_step_limit", {0.0, {{"__float__", "Infinity"}}}},
               {"dtype", o.dtype == DType::F32 ? "float32" : o.dtype == DType::F16 ? "float16" : "bfloat16"},
               {"hxq_synthetic", {{"preset", o.preset}, {"seed", o.seed}}}};
-  std::ofstream(fs::path(out_dir) / "config.json") << cfg.dump(2) << "\n";
+  write_file_checked(out.file("config.json"), cfg.dump(2) + "\n");
 
-  CheckpointWriter w(out_dir, o.max_shard_bytes);
+  CheckpointWriter w(out.path(), o.max_shard_bytes);
   uint64_t stream = 0;
   int64_t params = 0;
   auto normal = [&](uint64_t s, float stddev) {  // Irwin–Hall(4) approximation of a normal
@@ -135,6 +134,7 @@ int64_t write_synthetic_model(const std::string& out_dir, const SynthOptions& o)
   }
   add("backbone.norm_f.weight", {D}, [](int64_t) { return 1.0f; });
   w.finish();
+  out.commit();
   return params;
 }
 

@@ -15,10 +15,11 @@ struct SynthOptions {
   DType dtype = DType::BF16;
   uint64_t seed = 1;
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors
+  bool overwrite = false;        // replace an existing checkpoint directory
 };
 
 std::vector<std::string> synth_presets(const std::string& arch);
-// Writes config.json + model.safetensors into out_dir (created; must not exist unless empty).
+// Writes config.json + model.safetensors into out_dir atomically (nothing is left there on failure).
 // Returns the number of parameters.
 int64_t write_synthetic_model(const std::string& out_dir, const SynthOptions& opt);
 
