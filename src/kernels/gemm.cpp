@@ -1,12 +1,84 @@
 #include "kernels/gemm.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "kernels/dispatch.h"
 
 namespace hxq {
+
+namespace detail {
+
+const KernelSet* active_kernels() {
+  switch (kernel_isa()) {
+    case Isa::Avx512: return &kernels_avx512();
+    case Isa::Avx2: return &kernels_avx2();
+    case Isa::Scalar: return nullptr;
+  }
+  return nullptr;
+}
+
+void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DType wdt, bool hxq,
+                   int64_t N, int64_t row_bytes,
+                   const std::function<void(const float* Xp, int64_t n0, int64_t n1)>& rows) {
+  thread_local AlignedFloats xbuf;
+  const int64_t kp = ks.decode_kp(K);
+  float* Xp = xbuf.get(size_t(std::max<int64_t>(1, T * kp)));
+  ks.decode_prep_x(X, T, K, wdt, hxq, Xp);
+  // At least ~256 KiB of weights per task so that waking a worker pays off; multiples of 16 rows.
+  int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / std::max<int64_t>(1, row_bytes));
+  grain = (grain + 15) / 16 * 16;
+  pool().parallel_for(N, [&](int64_t n0, int64_t n1, int) { rows(Xp, n0, n1); }, grain);
+}
+
+void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, int64_t N,
+                    const std::function<void(int64_t n0, int64_t n, float* dst)>& pack_w, float* Y) {
+  const int64_t MR = ks.mr, NR = ks.nr;
+  // k-block: the B slice (kc x nr floats) stays in L1 while all X blocks stream past it.
+  const int64_t KC = std::max<int64_t>(64, 16384 / (NR * 4));
+  const int64_t ntb = (T + MR - 1) / MR, npanels = (N + NR - 1) / NR;
+  ThreadPool& tp = pool();
+  const int nthreads = tp.size();
+
+  thread_local AlignedFloats xbuf;
+  float* Xp = xbuf.get(size_t(ntb * K * MR));
+  tp.parallel_for(ntb, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t b = b0; b < b1; ++b)
+      ks.pack_x(X + b * MR * K, K, std::min(MR, T - b * MR), K, Xp + b * K * MR);
+  }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)));
+
+  // Few panels (small N): also split the X blocks into groups so every thread has work.
+  int64_t groups = 1;
+  if (npanels < 4 * nthreads) groups = std::min(ntb, (4 * nthreads + npanels - 1) / npanels);
+  const int64_t tasks = npanels * groups;
+  tp.parallel_for(tasks, [&](int64_t i0, int64_t i1, int) {
+    AlignedFloats wbuf;
+    float* B = wbuf.get(size_t(K * NR));
+    int64_t packed = -1;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t p = i / groups, g = i % groups;
+      const int64_t n0 = p * NR, n = std::min(NR, N - n0);
+      if (packed != p) {
+        pack_w(n0, n, B);
+        packed = p;
+      }
+      const int64_t tb0 = ntb * g / groups, tb1 = ntb * (g + 1) / groups;
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = std::min(KC, K - k0);
+        for (int64_t tb = tb0; tb < tb1; ++tb) {
+          const int64_t t0 = tb * MR;
+          ks.micro(Xp + tb * K * MR + k0 * MR, B + k0 * NR, kc, Y + t0 * N + n0, N,
+                   int(std::min(MR, T - t0)), int(n), k0 > 0);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace detail
 
 namespace {
 
@@ -21,13 +93,10 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-}  // namespace
-
-void gemm_dense(const float* X, int64_t T, int64_t K, const void* W, DType wdt, int64_t N, float* Y) {
-  if (wdt != DType::F32 && wdt != DType::F16 && wdt != DType::BF16)
-    fail("gemm: unsupported weight dtype {}", dtype_name(wdt));
+// The portable reference: converts 16 rows of W at a time to float32, then plain dot products.
+void gemm_dense_scalar(const float* X, int64_t T, int64_t K, const void* W, DType wdt, int64_t N, float* Y) {
   const size_t es = dtype_size(wdt);
-  const int64_t RB = 16;  // rows of W decoded at a time
+  const int64_t RB = 16;
   const int64_t nblocks = (N + RB - 1) / RB;
   pool().parallel_for(nblocks, [&](int64_t b0, int64_t b1, int) {
     std::vector<float> wb(size_t(RB * K));
@@ -41,6 +110,31 @@ void gemm_dense(const float* X, int64_t T, int64_t K, const void* W, DType wdt, 
       }
     }
   });
+}
+
+}  // namespace
+
+void gemm_dense(const float* X, int64_t T, int64_t K, const void* W, DType wdt, int64_t N, float* Y) {
+  if (wdt != DType::F32 && wdt != DType::F16 && wdt != DType::BF16)
+    fail("gemm: unsupported weight dtype {}", dtype_name(wdt));
+  if (T < 0 || K < 0 || N < 0) fail("gemm: negative shape T={} K={} N={}", T, K, N);
+  if (T == 0 || N == 0) return;
+  if (K == 0) {
+    std::fill(Y, Y + T * N, 0.0f);
+    return;
+  }
+  const detail::KernelSet* ks = detail::active_kernels();
+  if (!ks) return gemm_dense_scalar(X, T, K, W, wdt, N, Y);
+  const int64_t es = int64_t(dtype_size(wdt));
+  if (T <= detail::kDecodeMaxT) {
+    detail::decode_driver(*ks, X, T, K, wdt, false, N, K * es, [&](const float* Xp, int64_t n0, int64_t n1) {
+      ks->dense_decode(Xp, T, K, W, wdt, n0, n1, Y, N);
+    });
+    return;
+  }
+  detail::prefill_driver(*ks, X, T, K, N, [&](int64_t n0, int64_t n, float* dst) {
+    ks->dense_pack_w(W, wdt, K, n0, n, dst);
+  }, Y);
 }
 
 }  // namespace hxq
