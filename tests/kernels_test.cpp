@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "kernels/cpu_features.h"
+#include "kernels/dispatch.h"
 #include "kernels/gemm.h"
 #include "kernels/hxq_gemm.h"
 #include "kernels/membw.h"
@@ -25,11 +26,30 @@ std::vector<Isa> supported_isas() {
   return v;
 }
 
-// Restores the kernel ISA chosen before the test.
+// Restores the kernel ISA chosen before the test (and the automatic decode/packed choice).
 struct IsaGuard {
   Isa saved = kernel_isa();
-  ~IsaGuard() { set_kernel_isa(saved); }
+  ~IsaGuard() {
+    set_kernel_isa(saved);
+    detail::force_decode_max_t = -1;
+  }
 };
+
+// Each SIMD ISA runs with the automatic choice of kernel, then forced through the packed-panel
+// path (force 0) and through the streaming path (force large) for every shape.
+struct Variant {
+  Isa isa;
+  int64_t force;
+};
+std::vector<Variant> variants() {
+  std::vector<Variant> v;
+  for (Isa i : supported_isas())
+    for (int64_t f : {int64_t(-1), int64_t(0), int64_t(1) << 30}) {
+      if (i == Isa::Scalar && f != -1) continue;
+      v.push_back({i, f});
+    }
+  return v;
+}
 
 struct DenseW {
   std::vector<uint16_t> h;  // F16 / BF16 storage
@@ -150,8 +170,8 @@ const Shape kShapes[] = {{1, 1, 1},     {1, 37, 1},    {3, 100, 33},  {1, 1000, 
                          {8, 130, 17},  {5, 257, 70},  {17, 77, 65},  {9, 300, 1},   {13, 300, 100},
                          {30, 513, 70}, {64, 160, 96}, {25, 1031, 40}};
 
-std::string shape_str(const Shape& s, Isa isa, const char* dt) {
-  return std::string(isa_name(isa)) + " " + dt + " T=" + std::to_string(s.T) + " K=" + std::to_string(s.K) +
+std::string shape_str(const Shape& s, const Variant& v, const char* dt) {
+  return std::string(isa_name(v.isa)) + (v.force < 0 ? "" : v.force == 0 ? " packed" : " streaming") + " " + dt + " T=" + std::to_string(s.T) + " K=" + std::to_string(s.K) +
          " N=" + std::to_string(s.N);
 }
 
@@ -173,11 +193,12 @@ void check_dense(DType dt, bool integers) {
         ref[size_t(t * s.N + n)] = a;
         mag[size_t(t * s.N + n)] = m;
       }
-    for (Isa isa : supported_isas()) {
-      set_kernel_isa(isa);
+    for (const Variant& var : variants()) {
+      set_kernel_isa(var.isa);
+      detail::force_decode_max_t = var.force;
       std::vector<float> y(ref.size(), std::nanf(""));
       gemm_dense(x.data(), s.T, s.K, w.data(dt), dt, s.N, y.data());
-      const std::string what = shape_str(s, isa, std::string(dtype_name(dt)).c_str());
+      const std::string what = shape_str(s, var, std::string(dtype_name(dt)).c_str());
       if (integers) {  // small integers: every partial sum is exact, so all orders agree exactly
         for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(double(y[i]), ref[i]) << what << " element " << i;
       } else {
@@ -215,11 +236,12 @@ void check_hxq(bool sidecar, bool integers) {
         mag[size_t(t * s.N + n)] = m;
         nterms[size_t(t * s.N + n)] = double(s.K + 2 * extra + 8);
       }
-    for (Isa isa : supported_isas()) {
-      set_kernel_isa(isa);
+    for (const Variant& var : variants()) {
+      set_kernel_isa(var.isa);
+      detail::force_decode_max_t = var.force;
       std::vector<float> y(ref.size(), std::nanf(""));
       gemm_hxq(x.data(), s.T, v, y.data());
-      const std::string what = shape_str(s, isa, sidecar ? "HXQ+sidecar" : "HXQ");
+      const std::string what = shape_str(s, var, sidecar ? "HXQ+sidecar" : "HXQ");
       if (integers) {
         for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(double(y[i]), ref[i]) << what << " element " << i;
       } else {
@@ -267,7 +289,7 @@ TEST(KernelsHxq, IntegerInputsExactOnEveryIsa) {
 TEST(KernelsDense, ThreadCountDoesNotChangeResults) {
   IsaGuard guard;
   std::mt19937 rng(5);
-  for (int64_t T : {1, 3, 40}) {
+  for (int64_t T : {1, 3, 40, 70}) {  // 70 > 64: the packed path
     const int64_t K = 300, N = 1000;
     const DenseW w = make_dense(DType::BF16, N, K, rng, false);
     const Hxq h = make_hxq(N, K, rng, false);

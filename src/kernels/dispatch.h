@@ -69,8 +69,15 @@ struct AlignedFloats {
 // The kernel set of kernel_isa() (nullptr for Isa::Scalar).
 const KernelSet* active_kernels();
 
-// T at or below which the decode (streaming) kernels are used instead of packed panels.
-inline constexpr int64_t kDecodeMaxT = 8;
+// Whether T rows of X go through the decode (streaming) kernels rather than packed panels:
+// always for T <= 8; up to T = 64 (dense) or 24 (HXQ, whose decode costs more per weight) while
+// X stays in L2 (<= 512 KiB), where the streaming kernel measured faster than packing W.
+// force_decode_max_t >= 0 replaces the rule by T <= force_decode_max_t (tests, benchmarks).
+inline int64_t force_decode_max_t = -1;
+inline bool use_decode(int64_t T, int64_t K, bool hxq) {
+  if (force_decode_max_t >= 0) return T <= force_decode_max_t;
+  return T <= 8 || (T <= (hxq ? 24 : 64) && T * K * 4 <= (int64_t(512) << 10));
+}
 
 // Decode-regime driver: prepares X, splits rows of W over the pool and calls
 // rows(Xp, n0, n1) for each range (which writes Y[:, n0:n1]).

@@ -38,7 +38,9 @@ void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, i
                     const std::function<void(int64_t n0, int64_t n, float* dst)>& pack_w, float* Y) {
   const int64_t MR = ks.mr, NR = ks.nr;
   // k-block: the B slice (kc x nr floats) stays in L1 while all X blocks stream past it.
-  const int64_t KC = std::max<int64_t>(64, 16384 / (NR * 4));
+  // k-block of the packed path: B slice kc x nr floats (64 KiB at nr = 32, from L2); larger
+  // blocks measured better than L1-sized ones (fewer passes over C, fewer calls).
+  const int64_t KC = 512;
   const int64_t ntb = (T + MR - 1) / MR, npanels = (N + NR - 1) / NR;
   ThreadPool& tp = pool();
   const int nthreads = tp.size();
@@ -126,7 +128,7 @@ void gemm_dense(const float* X, int64_t T, int64_t K, const void* W, DType wdt, 
   const detail::KernelSet* ks = detail::active_kernels();
   if (!ks) return gemm_dense_scalar(X, T, K, W, wdt, N, Y);
   const int64_t es = int64_t(dtype_size(wdt));
-  if (T <= detail::kDecodeMaxT) {
+  if (detail::use_decode(T, K, false)) {
     detail::decode_driver(*ks, X, T, K, wdt, false, N, K * es, [&](const float* Xp, int64_t n0, int64_t n1) {
       ks->dense_decode(Xp, T, K, W, wdt, n0, n1, Y, N);
     });

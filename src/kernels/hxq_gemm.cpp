@@ -77,7 +77,7 @@ void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
   }
   const detail::KernelSet* ks = detail::active_kernels();
   if (!ks) return gemm_hxq_scalar(X, T, w, Y);
-  if (T <= detail::kDecodeMaxT) {
+  if (detail::use_decode(T, K, true)) {
     detail::decode_driver(*ks, X, T, K, DType::U8, true, N, K, [&](const float* Xp, int64_t n0, int64_t n1) {
       ks->hxq_decode(Xp, T, w, n0, n1, Y, N);
       if (!w.sc_row_ptr) return;
