@@ -306,15 +306,39 @@ void dense_pack_w(const void* W, DType wdt, int64_t K, int64_t n0, int64_t n, fl
   }
 }
 
+// HXQ panels: 64 indices per row decode (VBMI, see LoadHxq) into a 16-row scratch block whose
+// vector j holds columns k0 + 16L + 4j + i (lane 4L + i); each vector j of the 16 rows is then
+// transposed and its lane c stored at column k0 + 16(c / 4) + 4j + c % 4.
 void hxq_pack_w(const HxqView& wv, int64_t n0, int64_t n, float* dst) {
   const int64_t K = wv.cols;
   const uint8_t* w = wv.indices + n0 * K;
-  const float* cb = wv.codebook;
-  pack_panel(K, n, dst, [&](int64_t r, int64_t k, int64_t rem) {
-    const __m128i b = rem == 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * K + k))
-                                : _mm_maskz_loadu_epi8(__mmask16((1u << rem) - 1), w + r * K + k);
-    return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(b), cb, 4);
-  });
+  const HxqTables tb(wv.codebook);
+  alignas(64) float tmp[16][64];
+  for (int64_t rb = 0; rb < kNR; rb += 16) {
+    for (int64_t k0 = 0; k0 < K; k0 += 64) {
+      const int64_t rem = std::min<int64_t>(64, K - k0);
+      for (int i = 0; i < 16; ++i) {
+        __m512 v[4];
+        if (rb + i < n) {
+          LoadHxq row{w + (rb + i) * K, K, &tb};
+          if (rem == 64) row.full(k0, v);
+          else row.tail(k0, rem, v);
+        } else {
+          v[0] = v[1] = v[2] = v[3] = _mm512_setzero_ps();
+        }
+        for (int j = 0; j < 4; ++j) _mm512_store_ps(tmp[i] + 16 * j, v[j]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(tmp[i] + 16 * j);
+        transpose16(r);
+        for (int c = 0; c < 16; ++c) {
+          const int64_t k = k0 + 16 * (c >> 2) + 4 * j + (c & 3);
+          if (k < K) _mm512_store_ps(dst + k * kNR + rb, r[c]);
+        }
+      }
+    }
+  }
 }
 
 template <int M>
