@@ -79,6 +79,11 @@ inline bool use_decode(int64_t T, int64_t K, bool hxq) {
   return T <= 8 || (T <= (hxq ? 24 : 64) && T * K * 4 <= (int64_t(512) << 10));
 }
 
+// Calls fn(begin, end) on chunks of `chunk` indices covering [0, n), handed out to the pool's
+// threads through an atomic counter (a thread that is descheduled on a busy machine does not
+// hold back the others, as a static split would). Single chunk: runs on the caller.
+void dynamic_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
+
 // Decode-regime driver: prepares X, splits rows of W over the pool and calls
 // rows(Xp, n0, n1) for each range (which writes Y[:, n0:n1]).
 void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DType wdt, bool hxq,

@@ -1,6 +1,7 @@
 #include "kernels/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -21,6 +22,27 @@ const KernelSet* active_kernels() {
   return nullptr;
 }
 
+void dynamic_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(1, chunk);
+  ThreadPool& tp = pool();
+  if (n <= chunk || tp.size() == 1) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int64_t workers = std::min<int64_t>(tp.size(), nchunks);
+  tp.run_on_all([&](int t, int) {
+    if (t >= workers) return;
+    for (;;) {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= nchunks) return;
+      fn(c * chunk, std::min(n, (c + 1) * chunk));
+    }
+  });
+}
+
 void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DType wdt, bool hxq,
                    int64_t N, int64_t row_bytes,
                    const std::function<void(const float* Xp, int64_t n0, int64_t n1)>& rows) {
@@ -31,13 +53,12 @@ void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DT
   // At least ~256 KiB of weights per task so that waking a worker pays off; multiples of 16 rows.
   int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / std::max<int64_t>(1, row_bytes));
   grain = (grain + 15) / 16 * 16;
-  pool().parallel_for(N, [&](int64_t n0, int64_t n1, int) { rows(Xp, n0, n1); }, grain);
+  dynamic_for(N, grain, [&](int64_t n0, int64_t n1) { rows(Xp, n0, n1); });
 }
 
 void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, int64_t N,
                     const std::function<void(int64_t n0, int64_t n, float* dst)>& pack_w, float* Y) {
   const int64_t MR = ks.mr, NR = ks.nr;
-  // k-block: the B slice (kc x nr floats) stays in L1 while all X blocks stream past it.
   // k-block of the packed path: B slice kc x nr floats (64 KiB at nr = 32, from L2); larger
   // blocks measured better than L1-sized ones (fewer passes over C, fewer calls).
   const int64_t KC = 512;
@@ -47,25 +68,32 @@ void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, i
 
   thread_local AlignedFloats xbuf;
   float* Xp = xbuf.get(size_t(ntb * K * MR));
-  tp.parallel_for(ntb, [&](int64_t b0, int64_t b1, int) {
+  dynamic_for(ntb, std::max<int64_t>(1, 65536 / (MR * K)), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       ks.pack_x(X + b * MR * K, K, std::min(MR, T - b * MR), K, Xp + b * K * MR);
-  }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)));
+  });
 
   // Few panels (small N): also split the X blocks into groups so every thread has work.
   int64_t groups = 1;
   if (npanels < 4 * nthreads) groups = std::min(ntb, (4 * nthreads + npanels - 1) / npanels);
   const int64_t tasks = npanels * groups;
-  tp.parallel_for(tasks, [&](int64_t i0, int64_t i1, int) {
-    AlignedFloats wbuf;
+  // A thread keeps its last packed panel (tagged with this call's id) for the next task of the
+  // same panel.
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t call = ++calls;
+  dynamic_for(tasks, 1, [&](int64_t i0, int64_t i1) {
+    thread_local AlignedFloats wbuf;
+    thread_local uint64_t packed_call = 0;
+    thread_local int64_t packed_panel = -1;
     float* B = wbuf.get(size_t(K * NR));
-    int64_t packed = -1;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t p = i / groups, g = i % groups;
       const int64_t n0 = p * NR, n = std::min(NR, N - n0);
-      if (packed != p) {
+      if (packed_call != call || packed_panel != p) {
+        packed_call = 0;  // a throwing pack_w leaves no stale tag
         pack_w(n0, n, B);
-        packed = p;
+        packed_call = call;
+        packed_panel = p;
       }
       const int64_t tb0 = ntb * g / groups, tb1 = ntb * (g + 1) / groups;
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
