@@ -1,11 +1,12 @@
 // Micro-benchmarks of the matrix kernels (HXQ, BF16, F32) in the decode (matvec, weights not in
 // cache) and prefill (T = 512) regimes, against the machine's measured read bandwidth and peak
-// FMA rate. HXQ_ISA=avx512|avx2|scalar picks the kernels; HXQ_BENCH_BW_MB sizes the bandwidth
-// buffer (default 1024 MiB).
+// FMA rate (measured here, with the same thread count). HXQ_ISA=avx512|avx2|scalar picks the
+// kernels; HXQ_BENCH_BW_MB sizes the bandwidth buffer (default 1024 MiB).
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -20,18 +21,26 @@ using namespace hxq;
 
 namespace {
 
-double machine_bandwidth() {
-  static const double bw = [] {
-    const char* e = std::getenv("HXQ_BENCH_BW_MB");
-    const size_t mb = e ? size_t(std::atol(e)) : 1024;
-    return measure_read_bandwidth_gbps(mb << 20, pool(), 9);
-  }();
-  return bw;
+// The pool size a benchmark asks for: 0 = all cores.
+int threads_arg(int64_t a) { return a > 0 ? int(a) : hardware_threads(); }
+
+// Measured once per thread count (1 GiB buffer, median of 9 reads unless HXQ_BENCH_BW_MB says).
+double machine_bandwidth(int threads) {
+  static std::map<int, double> cache;
+  auto it = cache.find(threads);
+  if (it != cache.end()) return it->second;
+  const char* e = std::getenv("HXQ_BENCH_BW_MB");
+  const size_t mb = e ? size_t(std::atol(e)) : 1024;
+  ThreadPool tp(threads);
+  return cache[threads] = measure_read_bandwidth_gbps(mb << 20, tp, 9);
 }
 
-double machine_peak() {
-  static const double p = measure_peak_fma_gflops(pool(), best_isa(), 9);
-  return p;
+double machine_peak(int threads) {
+  static std::map<int, double> cache;
+  auto it = cache.find(threads);
+  if (it != cache.end()) return it->second;
+  ThreadPool tp(threads);
+  return cache[threads] = measure_peak_fma_gflops(tp, best_isa(), 9);
 }
 
 // Enough copies of a weight that one pass over all of them is >= 256 MiB (8x the L3), so each
@@ -116,6 +125,9 @@ void set_counters(benchmark::State& st, double bytes, double flops) {
 // Decode: T = st.range(2) rows of X, a different (cold) copy of W each iteration.
 void BM_DenseMatvec(benchmark::State& st, DType dt) {
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double bw = machine_bandwidth(threads);
+  set_num_threads(threads);
   const size_t wb = size_t(N * K) * dtype_size(dt);
   const int copies = copies_for(wb);
   DenseSet ws(dt, N, K, copies);
@@ -128,12 +140,15 @@ void BM_DenseMatvec(benchmark::State& st, DType dt) {
     c = (c + 1) % copies;
   }
   set_counters(st, double(wb), 2.0 * double(T * N * K));
-  st.counters["bw_frac"] = benchmark::Counter(double(wb) * 1e-9 / machine_bandwidth(),
-                                              benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bw_frac"] = benchmark::Counter(double(wb) * 1e-9 / bw, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
 }
 
 void BM_HxqMatvec(benchmark::State& st) {
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double bw = machine_bandwidth(threads);
+  set_num_threads(threads);
   const int copies = copies_for(size_t(N * K));
   HxqSet hs(N, K, copies);
   const std::vector<float> x = make_x(T, K);
@@ -145,13 +160,17 @@ void BM_HxqMatvec(benchmark::State& st) {
     c = (c + 1) % copies;
   }
   set_counters(st, double(hs.bytes()), 2.0 * double(T * N * K));
-  st.counters["bw_frac"] = benchmark::Counter(double(hs.bytes()) * 1e-9 / machine_bandwidth(),
-                                              benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bw_frac"] =
+      benchmark::Counter(double(hs.bytes()) * 1e-9 / bw, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
 }
 
 // Prefill: T = st.range(2) (512) rows of X; compute-bound, reported against the peak FMA rate.
 void BM_DenseGemm(benchmark::State& st, DType dt) {
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double peak = machine_peak(threads);
+  set_num_threads(threads);
   DenseSet ws(dt, N, K, 1);
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
@@ -161,12 +180,15 @@ void BM_DenseGemm(benchmark::State& st, DType dt) {
   }
   const double flops = 2.0 * double(T * N * K);
   set_counters(st, double(N * K) * double(dtype_size(dt)), flops);
-  st.counters["peak_frac"] =
-      benchmark::Counter(flops * 1e-9 / machine_peak(), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["peak_frac"] = benchmark::Counter(flops * 1e-9 / peak, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
 }
 
 void BM_HxqGemm(benchmark::State& st) {
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double peak = machine_peak(threads);
+  set_num_threads(threads);
   HxqSet hs(N, K, 1);
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
@@ -176,45 +198,54 @@ void BM_HxqGemm(benchmark::State& st) {
   }
   const double flops = 2.0 * double(T * N * K);
   set_counters(st, double(hs.bytes()), flops);
-  st.counters["peak_frac"] =
-      benchmark::Counter(flops * 1e-9 / machine_peak(), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["peak_frac"] = benchmark::Counter(flops * 1e-9 / peak, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
 }
 
 void BM_ReadBandwidth(benchmark::State& st) {
+  const int threads = threads_arg(st.range(0));
   double bw = 0;
-  for (auto _ : st) bw = machine_bandwidth();
+  for (auto _ : st) bw = machine_bandwidth(threads);
   st.counters["GB/s"] = bw;
   st.SetLabel(std::string(isa_name(kernel_isa())));
 }
 
 void BM_PeakFma(benchmark::State& st) {
+  const int threads = threads_arg(st.range(0));
   double p = 0;
-  for (auto _ : st) p = machine_peak();
+  for (auto _ : st) p = machine_peak(threads);
   st.counters["GFLOP/s"] = p;
   st.SetLabel(std::string(isa_name(best_isa())));
 }
 
-// Mamba2-1.3B: in_proj [8512, 2048], out_proj [2048, 4096].
+// Mamba2-1.3B: in_proj [8512, 2048], out_proj [2048, 4096]; threads 0 = all cores, and 1.
 void matvec_shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"N", "K", "T"});
-  for (int64_t T : {1, 4}) {
-    b->Args({8512, 2048, T});
-    b->Args({2048, 4096, T});
-  }
+  b->ArgNames({"N", "K", "T", "threads"});
+  for (int64_t th : {0, 1})
+    for (int64_t T : {1, 4}) {
+      b->Args({8512, 2048, T, th});
+      b->Args({2048, 4096, T, th});
+    }
   b->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
 
 void gemm_shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"N", "K", "T"});
-  b->Args({8512, 2048, 512});
-  b->Args({2048, 4096, 512});
+  b->ArgNames({"N", "K", "T", "threads"});
+  for (int64_t th : {0, 1}) {
+    b->Args({8512, 2048, 512, th});
+    b->Args({2048, 4096, 512, th});
+  }
   b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+void thread_counts(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"threads"})->Arg(0)->Arg(1)->Iterations(1)->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace
 
-BENCHMARK(BM_ReadBandwidth)->Iterations(1)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_PeakFma)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ReadBandwidth)->Apply(thread_counts);
+BENCHMARK(BM_PeakFma)->Apply(thread_counts);
 BENCHMARK(BM_HxqMatvec)->Apply(matvec_shapes);
 BENCHMARK_CAPTURE(BM_DenseMatvec, bf16, DType::BF16)->Apply(matvec_shapes);
 BENCHMARK_CAPTURE(BM_DenseMatvec, f16, DType::F16)->Apply(matvec_shapes);
