@@ -3,11 +3,31 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/error.h"
 #include "core/threadpool.h"
+#include "kernels/dispatch.h"
 
 namespace hxq {
 
-void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
+namespace {
+
+// Sidecar entries of row r, checked (the view's producer validates the CSR as a whole; here we
+// only make sure a bad view cannot make the kernel read or write out of bounds).
+inline void sidecar_range(const HxqView& w, int64_t r, int64_t& e0, int64_t& e1) {
+  e0 = w.sc_row_ptr[r];
+  e1 = w.sc_row_ptr[r + 1];
+  if (e0 < 0 || e1 < e0) fail("gemm_hxq: sidecar row pointers of row {} are not increasing ({}, {})", r, e0, e1);
+  if (e1 > e0 && (!w.sc_col || !w.sc_delta)) fail("gemm_hxq: sidecar entries without columns or deltas");
+}
+
+inline int64_t sidecar_col(const HxqView& w, int64_t e, int64_t r) {
+  int64_t c = w.sc_col[e];
+  if (c < 0 || c >= w.cols) fail("gemm_hxq: sidecar column {} of row {} out of range [0, {})", c, r, w.cols);
+  return c;
+}
+
+// The portable reference: decodes 16 rows at a time (codebook + sidecar) into float32.
+void gemm_hxq_scalar(const float* X, int64_t T, const HxqView& w, float* Y) {
   const int64_t K = w.cols, N = w.rows;
   const int64_t RB = 16;
   const int64_t nblocks = (N + RB - 1) / RB;
@@ -19,8 +39,11 @@ void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
         const uint8_t* idx = w.indices + r * K;
         float* dst = wb.data() + (r - r0) * K;
         for (int64_t k = 0; k < K; ++k) dst[k] = w.codebook[idx[k]];
-        if (w.sc_row_ptr)
-          for (int64_t e = w.sc_row_ptr[r]; e < w.sc_row_ptr[r + 1]; ++e) dst[w.sc_col[e]] += w.sc_delta[e];
+        if (w.sc_row_ptr) {
+          int64_t e0, e1;
+          sidecar_range(w, r, e0, e1);
+          for (int64_t e = e0; e < e1; ++e) dst[sidecar_col(w, e, r)] += w.sc_delta[e];
+        }
       }
       for (int64_t t = 0; t < T; ++t) {
         const float* x = X + t * K;
@@ -39,6 +62,47 @@ void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
       }
     }
   });
+}
+
+}  // namespace
+
+void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
+  const int64_t K = w.cols, N = w.rows;
+  if (T < 0 || K < 0 || N < 0) fail("gemm_hxq: negative shape T={} K={} N={}", T, K, N);
+  if (T == 0 || N == 0) return;
+  if (K > 0 && (!w.codebook || !w.indices)) fail("gemm_hxq: view without codebook or indices");
+  if (K == 0) {
+    std::fill(Y, Y + T * N, 0.0f);
+    return;
+  }
+  const detail::KernelSet* ks = detail::active_kernels();
+  if (!ks) return gemm_hxq_scalar(X, T, w, Y);
+  if (detail::use_decode(T, K, true)) {
+    detail::decode_driver(*ks, X, T, K, DType::U8, true, N, K, [&](const float* Xp, int64_t n0, int64_t n1) {
+      ks->hxq_decode(Xp, T, w, n0, n1, Y, N);
+      if (!w.sc_row_ptr) return;
+      for (int64_t r = n0; r < n1; ++r) {
+        int64_t e0, e1;
+        sidecar_range(w, r, e0, e1);
+        for (int64_t e = e0; e < e1; ++e) {
+          const int64_t c = sidecar_col(w, e, r);
+          const float d = w.sc_delta[e];
+          for (int64_t t = 0; t < T; ++t) Y[t * N + r] += X[t * K + c] * d;
+        }
+      }
+    });
+    return;
+  }
+  const int64_t NR = ks->nr;
+  detail::prefill_driver(*ks, X, T, K, N, [&](int64_t n0, int64_t n, float* dst) {
+    ks->hxq_pack_w(w, n0, n, dst);
+    if (!w.sc_row_ptr) return;
+    for (int64_t r = n0; r < n0 + n; ++r) {
+      int64_t e0, e1;
+      sidecar_range(w, r, e0, e1);
+      for (int64_t e = e0; e < e1; ++e) dst[sidecar_col(w, e, r) * NR + (r - n0)] += w.sc_delta[e];
+    }
+  }, Y);
 }
 
 }  // namespace hxq

@@ -1,0 +1,255 @@
+// Micro-benchmarks of the matrix kernels (HXQ, BF16, F32) in the decode (matvec, weights not in
+// cache) and prefill (T = 512) regimes, against the machine's measured read bandwidth and peak
+// FMA rate (measured here, with the same thread count). HXQ_ISA=avx512|avx2|scalar picks the
+// kernels; HXQ_BENCH_BW_MB sizes the bandwidth buffer (default 1024 MiB).
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/threadpool.h"
+#include "kernels/cpu_features.h"
+#include "kernels/gemm.h"
+#include "kernels/hxq_gemm.h"
+#include "kernels/membw.h"
+
+using namespace hxq;
+
+namespace {
+
+// The pool size a benchmark asks for: 0 = all cores.
+int threads_arg(int64_t a) { return a > 0 ? int(a) : hardware_threads(); }
+
+// Measured once per thread count (1 GiB buffer, median of 9 reads unless HXQ_BENCH_BW_MB says).
+double machine_bandwidth(int threads) {
+  static std::map<int, double> cache;
+  auto it = cache.find(threads);
+  if (it != cache.end()) return it->second;
+  const char* e = std::getenv("HXQ_BENCH_BW_MB");
+  const size_t mb = e ? size_t(std::atol(e)) : 1024;
+  ThreadPool tp(threads);
+  return cache[threads] = measure_read_bandwidth_gbps(mb << 20, tp, 9);
+}
+
+double machine_peak(int threads) {
+  static std::map<int, double> cache;
+  auto it = cache.find(threads);
+  if (it != cache.end()) return it->second;
+  ThreadPool tp(threads);
+  return cache[threads] = measure_peak_fma_gflops(tp, best_isa(), 9);
+}
+
+// Enough copies of a weight that one pass over all of them is >= 256 MiB (8x the L3), so each
+// matvec reads its copy from memory as a model's layer-after-layer decode does.
+int copies_for(size_t bytes) { return int(std::max<size_t>(2, ((size_t(256) << 20) + bytes - 1) / bytes)); }
+
+struct DenseSet {
+  std::vector<std::vector<uint8_t>> w;
+  DenseSet(DType dt, int64_t N, int64_t K, int copies) {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    std::vector<uint8_t> one(size_t(N * K) * dtype_size(dt));
+    for (int64_t i = 0; i < N * K; ++i) {
+      const float v = nd(rng);
+      if (dt == DType::F32) std::memcpy(one.data() + 4 * i, &v, 4);
+      else {
+        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(one.data() + 2 * i, &h, 2);
+      }
+    }
+    w.assign(size_t(copies), one);
+  }
+};
+
+struct HxqSet {
+  std::vector<float> codebook;
+  std::vector<std::vector<uint8_t>> idx;
+  std::vector<int64_t> row_ptr;
+  std::vector<int32_t> col;
+  std::vector<float> delta;
+  int64_t N, K;
+  // 512 sidecar entries, the most helix-substrate writes per tensor.
+  HxqSet(int64_t n, int64_t k, int copies) : N(n), K(k) {
+    std::mt19937 rng(2);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    codebook.resize(256);
+    for (auto& c : codebook) c = nd(rng);
+    std::vector<uint8_t> one(size_t(N * K));
+    for (auto& b : one) b = uint8_t(rng());
+    idx.assign(size_t(copies), one);
+    std::vector<std::vector<int32_t>> per_row(static_cast<size_t>(N));
+    for (int e = 0; e < 512; ++e) per_row[rng() % size_t(N)].push_back(int32_t(rng() % size_t(K)));
+    row_ptr.push_back(0);
+    for (auto& r : per_row) {
+      for (int32_t c : r) {
+        col.push_back(c);
+        delta.push_back(nd(rng));
+      }
+      row_ptr.push_back(int64_t(col.size()));
+    }
+  }
+  HxqView view(int c) const {
+    HxqView v;
+    v.rows = N;
+    v.cols = K;
+    v.codebook = codebook.data();
+    v.indices = idx[size_t(c)].data();
+    v.sc_row_ptr = row_ptr.data();
+    v.sc_col = col.data();
+    v.sc_delta = delta.data();
+    return v;
+  }
+  size_t bytes() const {
+    return size_t(N * K) + 256 * 4 + row_ptr.size() * 8 + col.size() * 8;
+  }
+};
+
+std::vector<float> make_x(int64_t T, int64_t K) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(size_t(T * K));
+  for (auto& v : x) v = nd(rng);
+  return x;
+}
+
+void set_counters(benchmark::State& st, double bytes, double flops) {
+  st.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["GFLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(std::string(isa_name(kernel_isa())));
+}
+
+// Decode: T = st.range(2) rows of X, a different (cold) copy of W each iteration.
+void BM_DenseMatvec(benchmark::State& st, DType dt) {
+  const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double bw = machine_bandwidth(threads);
+  set_num_threads(threads);
+  const size_t wb = size_t(N * K) * dtype_size(dt);
+  const int copies = copies_for(wb);
+  DenseSet ws(dt, N, K, copies);
+  const std::vector<float> x = make_x(T, K);
+  std::vector<float> y(size_t(T * N));
+  int c = 0;
+  for (auto _ : st) {
+    gemm_dense(x.data(), T, K, ws.w[size_t(c)].data(), dt, N, y.data());
+    benchmark::DoNotOptimize(y.data());
+    c = (c + 1) % copies;
+  }
+  set_counters(st, double(wb), 2.0 * double(T * N * K));
+  st.counters["bw_frac"] = benchmark::Counter(double(wb) * 1e-9 / bw, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
+}
+
+void BM_HxqMatvec(benchmark::State& st) {
+  const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double bw = machine_bandwidth(threads);
+  set_num_threads(threads);
+  const int copies = copies_for(size_t(N * K));
+  HxqSet hs(N, K, copies);
+  const std::vector<float> x = make_x(T, K);
+  std::vector<float> y(size_t(T * N));
+  int c = 0;
+  for (auto _ : st) {
+    gemm_hxq(x.data(), T, hs.view(c), y.data());
+    benchmark::DoNotOptimize(y.data());
+    c = (c + 1) % copies;
+  }
+  set_counters(st, double(hs.bytes()), 2.0 * double(T * N * K));
+  st.counters["bw_frac"] =
+      benchmark::Counter(double(hs.bytes()) * 1e-9 / bw, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
+}
+
+// Prefill: T = st.range(2) (512) rows of X; compute-bound, reported against the peak FMA rate.
+void BM_DenseGemm(benchmark::State& st, DType dt) {
+  const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double peak = machine_peak(threads);
+  set_num_threads(threads);
+  DenseSet ws(dt, N, K, 1);
+  const std::vector<float> x = make_x(T, K);
+  std::vector<float> y(size_t(T * N));
+  for (auto _ : st) {
+    gemm_dense(x.data(), T, K, ws.w[0].data(), dt, N, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flops = 2.0 * double(T * N * K);
+  set_counters(st, double(N * K) * double(dtype_size(dt)), flops);
+  st.counters["peak_frac"] = benchmark::Counter(flops * 1e-9 / peak, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
+}
+
+void BM_HxqGemm(benchmark::State& st) {
+  const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const double peak = machine_peak(threads);
+  set_num_threads(threads);
+  HxqSet hs(N, K, 1);
+  const std::vector<float> x = make_x(T, K);
+  std::vector<float> y(size_t(T * N));
+  for (auto _ : st) {
+    gemm_hxq(x.data(), T, hs.view(0), y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flops = 2.0 * double(T * N * K);
+  set_counters(st, double(hs.bytes()), flops);
+  st.counters["peak_frac"] = benchmark::Counter(flops * 1e-9 / peak, benchmark::Counter::kIsIterationInvariantRate);
+  set_num_threads(0);
+}
+
+void BM_ReadBandwidth(benchmark::State& st) {
+  const int threads = threads_arg(st.range(0));
+  double bw = 0;
+  for (auto _ : st) bw = machine_bandwidth(threads);
+  st.counters["GB/s"] = bw;
+  st.SetLabel(std::string(isa_name(kernel_isa())));
+}
+
+void BM_PeakFma(benchmark::State& st) {
+  const int threads = threads_arg(st.range(0));
+  double p = 0;
+  for (auto _ : st) p = machine_peak(threads);
+  st.counters["GFLOP/s"] = p;
+  st.SetLabel(std::string(isa_name(best_isa())));
+}
+
+// Mamba2-1.3B: in_proj [8512, 2048], out_proj [2048, 4096]; threads 0 = all cores, and 1.
+void matvec_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"N", "K", "T", "threads"});
+  for (int64_t th : {0, 1})
+    for (int64_t T : {1, 4}) {
+      b->Args({8512, 2048, T, th});
+      b->Args({2048, 4096, T, th});
+    }
+  b->UseRealTime()->Unit(benchmark::kMicrosecond);
+}
+
+void gemm_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"N", "K", "T", "threads"});
+  for (int64_t th : {0, 1}) {
+    b->Args({8512, 2048, 512, th});
+    b->Args({2048, 4096, 512, th});
+  }
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+void thread_counts(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"threads"})->Arg(0)->Arg(1)->Iterations(1)->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+BENCHMARK(BM_ReadBandwidth)->Apply(thread_counts);
+BENCHMARK(BM_PeakFma)->Apply(thread_counts);
+BENCHMARK(BM_HxqMatvec)->Apply(matvec_shapes);
+BENCHMARK_CAPTURE(BM_DenseMatvec, bf16, DType::BF16)->Apply(matvec_shapes);
+BENCHMARK_CAPTURE(BM_DenseMatvec, f16, DType::F16)->Apply(matvec_shapes);
+BENCHMARK_CAPTURE(BM_DenseMatvec, f32, DType::F32)->Apply(matvec_shapes);
+BENCHMARK(BM_HxqGemm)->Apply(gemm_shapes);
+BENCHMARK_CAPTURE(BM_DenseGemm, bf16, DType::BF16)->Apply(gemm_shapes);
+BENCHMARK_CAPTURE(BM_DenseGemm, f32, DType::F32)->Apply(gemm_shapes);

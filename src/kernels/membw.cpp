@@ -1,0 +1,119 @@
+#include "kernels/membw.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/dispatch.h"
+
+namespace hxq {
+
+namespace {
+
+uint64_t read_sum_scalar(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  uint64_t acc[8] = {};
+  size_t i = 0;
+  for (; i + 64 <= bytes; i += 64)
+    for (int j = 0; j < 8; ++j) {
+      uint64_t v;
+      std::memcpy(&v, c + i + 8 * j, 8);
+      acc[j] += v;
+    }
+  uint64_t s = 0;
+  for (int j = 0; j < 8; ++j) s += acc[j];
+  for (; i < bytes; ++i) s += uint8_t(c[i]);
+  return s;
+}
+
+double fma_loop_scalar(int64_t iters) {
+  constexpr int A = 12;
+  float acc[A];
+  for (int j = 0; j < A; ++j) acc[j] = float(j);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < A; ++j) acc[j] = acc[j] * 0.999999f + 1e-6f;
+  float s = 0;
+  for (int j = 0; j < A; ++j) s += acc[j];
+  volatile float sink = s;
+  (void)sink;
+  return double(iters) * A * 2;
+}
+
+const detail::KernelSet* kernels_for(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return &detail::kernels_avx512();
+    case Isa::Avx2: return &detail::kernels_avx2();
+    case Isa::Scalar: return nullptr;
+  }
+  return nullptr;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+using Clock = std::chrono::steady_clock;
+
+}  // namespace
+
+double measure_read_bandwidth_gbps(size_t bytes, ThreadPool& tp, int repeats) {
+  bytes = std::max<size_t>(bytes, 1 << 20) / 4096 * 4096;
+  struct Free {
+    void operator()(char* p) const { ::operator delete[](p, std::align_val_t(4096)); }
+  };
+  std::unique_ptr<char[], Free> buf(static_cast<char*>(::operator new[](bytes, std::align_val_t(4096))));
+  const detail::KernelSet* ks = kernels_for(kernel_isa());
+  auto sum = ks ? ks->read_sum : read_sum_scalar;
+  const int n = tp.size();
+  auto slice = [&](int t, size_t& b, size_t& e) {
+    b = bytes / 4096 * size_t(t) / size_t(n) * 4096;
+    e = bytes / 4096 * size_t(t + 1) / size_t(n) * 4096;
+  };
+  // First touch by the thread that reads the slice (page placement), non-zero contents.
+  tp.run_on_all([&](int t, int) {
+    size_t b, e;
+    slice(t, b, e);
+    std::memset(buf.get() + b, 1 + t, e - b);
+  });
+  std::vector<uint64_t> sink(size_t(n), 0);
+  std::vector<double> rates;
+  for (int r = 0; r <= std::max(1, repeats); ++r) {
+    const auto t0 = Clock::now();
+    tp.run_on_all([&](int t, int) {
+      size_t b, e;
+      slice(t, b, e);
+      sink[size_t(t)] += sum(buf.get() + b, e - b);
+    });
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (r > 0) rates.push_back(double(bytes) / s * 1e-9);  // r == 0 is the warm-up
+  }
+  volatile uint64_t keep = sink[0];
+  (void)keep;
+  return median(rates);
+}
+
+double measure_peak_fma_gflops(ThreadPool& tp, Isa isa, int repeats) {
+  if (!isa_supported(isa)) fail("peak FMA: ISA {} not supported by this CPU", isa_name(isa));
+  const detail::KernelSet* ks = kernels_for(isa);
+  auto loop = ks ? ks->fma_loop : fma_loop_scalar;
+  const int64_t iters = 2'000'000;
+  std::vector<double> flops(size_t(tp.size()));
+  std::vector<double> rates;
+  for (int r = 0; r <= std::max(1, repeats); ++r) {
+    const auto t0 = Clock::now();
+    tp.run_on_all([&](int t, int) { flops[size_t(t)] = loop(iters); });
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    double total = 0;
+    for (double f : flops) total += f;
+    if (r > 0) rates.push_back(total / s * 1e-9);
+  }
+  return median(rates);
+}
+
+}  // namespace hxq

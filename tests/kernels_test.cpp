@@ -1,0 +1,345 @@
+// Tests of the matrix kernels: every instruction-set path (scalar reference, AVX2, AVX-512)
+// against a double-precision reference on odd shapes, for F32/F16/BF16 and HXQ with sidecar.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "kernels/cpu_features.h"
+#include "kernels/dispatch.h"
+#include "kernels/gemm.h"
+#include "kernels/hxq_gemm.h"
+#include "kernels/membw.h"
+
+using namespace hxq;
+
+namespace {
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (isa_supported(i)) v.push_back(i);
+  return v;
+}
+
+// Restores the kernel ISA chosen before the test (and the automatic decode/packed choice).
+struct IsaGuard {
+  Isa saved = kernel_isa();
+  ~IsaGuard() {
+    set_kernel_isa(saved);
+    detail::force_decode_max_t = -1;
+  }
+};
+
+// Each SIMD ISA runs with the automatic choice of kernel, then forced through the packed-panel
+// path (force 0) and through the streaming path (force large) for every shape.
+struct Variant {
+  Isa isa;
+  int64_t force;
+};
+std::vector<Variant> variants() {
+  std::vector<Variant> v;
+  for (Isa i : supported_isas())
+    for (int64_t f : {int64_t(-1), int64_t(0), int64_t(1) << 30}) {
+      if (i == Isa::Scalar && f != -1) continue;
+      v.push_back({i, f});
+    }
+  return v;
+}
+
+struct DenseW {
+  std::vector<uint16_t> h;  // F16 / BF16 storage
+  std::vector<float> f;     // F32 storage
+  std::vector<double> exact;  // the stored values, exactly
+  const void* data(DType t) const { return t == DType::F32 ? static_cast<const void*>(f.data()) : h.data(); }
+};
+
+// Random weights rounded to the dtype (integers in [-8, 8] when `integers`).
+DenseW make_dense(DType t, int64_t N, int64_t K, std::mt19937& rng, bool integers) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> id(-8, 8);
+  DenseW w;
+  const size_t n = size_t(N * K);
+  w.exact.resize(n);
+  if (t == DType::F32) w.f.resize(n);
+  else w.h.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const float v = integers ? float(id(rng)) : nd(rng);
+    if (t == DType::F32) {
+      w.f[i] = v;
+      w.exact[i] = v;
+    } else if (t == DType::BF16) {
+      w.h[i] = f32_to_bf16(v);
+      w.exact[i] = bf16_to_f32(w.h[i]);
+    } else {
+      w.h[i] = f32_to_f16(v);
+      w.exact[i] = f16_to_f32(w.h[i]);
+    }
+  }
+  return w;
+}
+
+std::vector<float> make_x(int64_t T, int64_t K, std::mt19937& rng, bool integers) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> id(-4, 4);
+  std::vector<float> x(size_t(T * K));
+  for (auto& v : x) v = integers ? float(id(rng)) : nd(rng);
+  return x;
+}
+
+struct Hxq {
+  std::vector<float> codebook;
+  std::vector<uint8_t> idx;
+  std::vector<int64_t> row_ptr;
+  std::vector<int32_t> col;
+  std::vector<float> delta;
+  HxqView view(bool sidecar) const {
+    HxqView v;
+    v.rows = int64_t(row_ptr.size()) - 1;
+    v.cols = v.rows > 0 ? int64_t(idx.size()) / v.rows : 0;
+    v.codebook = codebook.data();
+    v.indices = idx.data();
+    if (sidecar) {
+      v.sc_row_ptr = row_ptr.data();
+      v.sc_col = col.data();
+      v.sc_delta = delta.data();
+    }
+    return v;
+  }
+  // W[r, k] exactly, with or without the sidecar (the sum codebook + delta in double).
+  double w(int64_t r, int64_t k, int64_t K) const { return codebook[idx[size_t(r * K + k)]]; }
+};
+
+// Every index value 0..255 occurs (rows cycle through them); about 1 in 40 weights has a sidecar
+// entry; some rows have none. Integer codebook/deltas when `integers`.
+Hxq make_hxq(int64_t N, int64_t K, std::mt19937& rng, bool integers) {
+  Hxq h;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> id(-8, 8), ib(0, 255), i40(0, 39);
+  h.codebook.resize(256);
+  for (auto& c : h.codebook) c = integers ? float(id(rng)) : nd(rng) * 0.1f;
+  h.idx.resize(size_t(N * K));
+  for (size_t i = 0; i < h.idx.size(); ++i) h.idx[i] = uint8_t(i % 7 == 0 ? i % 256 : size_t(ib(rng)));
+  h.row_ptr.push_back(0);
+  for (int64_t r = 0; r < N; ++r) {
+    if (r % 5 != 3)
+      for (int64_t k = 0; k < K; ++k)
+        if (i40(rng) == 0) {
+          h.col.push_back(int32_t(k));
+          h.delta.push_back(integers ? float(id(rng)) : nd(rng));
+        }
+    h.row_ptr.push_back(int64_t(h.col.size()));
+  }
+  return h;
+}
+
+// Worst-case bound for a float32 dot product of n terms in any order (with or without FMA):
+// |computed - exact| <= gamma_n * sum |x_i w_i|, gamma_n = n u / (1 - n u), u = 2^-24
+// (Higham, Accuracy and Stability of Numerical Algorithms, 3.1). Every kernel only reassociates
+// the sum (blocked lanes, trees), so each must satisfy it; n counts the K products plus the
+// final lane reductions (<= 8 levels) and, for HXQ, the sidecar terms and the rounding of
+// codebook + delta when a packed panel holds their sum.
+double gamma_n(double n) {
+  const double u = std::ldexp(1.0, -24);
+  return n * u / (1 - n * u);
+}
+
+void expect_close(const std::vector<float>& y, const std::vector<double>& ref, const std::vector<double>& mag,
+                  const std::vector<double>& nterms, const std::string& what) {
+  ASSERT_EQ(y.size(), ref.size());
+  int bad = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const double tol = gamma_n(nterms[i]) * mag[i] + 1e-30;
+    if (!(std::abs(double(y[i]) - ref[i]) <= tol) && ++bad <= 5)
+      ADD_FAILURE() << what << ": element " << i << " = " << y[i] << ", reference " << ref[i] << ", tolerance " << tol;
+  }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+struct Shape {
+  int64_t T, K, N;
+};
+
+// Decode (T <= 8) and prefill (T > 8) paths; K not a multiple of 16/32/64 and larger than the
+// k-blocks of the packed path; N = 1 and N not a multiple of the panel widths (16, 32).
+const Shape kShapes[] = {{1, 1, 1},     {1, 37, 1},    {3, 100, 33},  {1, 1000, 45}, {4, 64, 32},
+                         {8, 130, 17},  {5, 257, 70},  {17, 77, 65},  {9, 300, 1},   {13, 300, 100},
+                         {30, 513, 70}, {64, 160, 96}, {25, 1031, 40}};
+
+std::string shape_str(const Shape& s, const Variant& v, const char* dt) {
+  return std::string(isa_name(v.isa)) + (v.force < 0 ? "" : v.force == 0 ? " packed" : " streaming") + " " + dt + " T=" + std::to_string(s.T) + " K=" + std::to_string(s.K) +
+         " N=" + std::to_string(s.N);
+}
+
+void check_dense(DType dt, bool integers) {
+  IsaGuard guard;
+  std::mt19937 rng(1234);
+  for (const Shape& s : kShapes) {
+    const DenseW w = make_dense(dt, s.N, s.K, rng, integers);
+    const std::vector<float> x = make_x(s.T, s.K, rng, integers);
+    std::vector<double> ref(size_t(s.T * s.N)), mag(ref.size()), nterms(ref.size(), double(s.K + 8));
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t n = 0; n < s.N; ++n) {
+        double a = 0, m = 0;
+        for (int64_t k = 0; k < s.K; ++k) {
+          const double p = double(x[size_t(t * s.K + k)]) * w.exact[size_t(n * s.K + k)];
+          a += p;
+          m += std::abs(p);
+        }
+        ref[size_t(t * s.N + n)] = a;
+        mag[size_t(t * s.N + n)] = m;
+      }
+    for (const Variant& var : variants()) {
+      set_kernel_isa(var.isa);
+      detail::force_decode_max_t = var.force;
+      std::vector<float> y(ref.size(), std::nanf(""));
+      gemm_dense(x.data(), s.T, s.K, w.data(dt), dt, s.N, y.data());
+      const std::string what = shape_str(s, var, std::string(dtype_name(dt)).c_str());
+      if (integers) {  // small integers: every partial sum is exact, so all orders agree exactly
+        for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(double(y[i]), ref[i]) << what << " element " << i;
+      } else {
+        expect_close(y, ref, mag, nterms, what);
+      }
+    }
+  }
+}
+
+void check_hxq(bool sidecar, bool integers) {
+  IsaGuard guard;
+  std::mt19937 rng(99);
+  for (const Shape& s : kShapes) {
+    const Hxq h = make_hxq(s.N, s.K, rng, integers);
+    const HxqView v = h.view(sidecar);
+    const std::vector<float> x = make_x(s.T, s.K, rng, integers);
+    std::vector<double> ref(size_t(s.T * s.N)), mag(ref.size()), nterms(ref.size());
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t n = 0; n < s.N; ++n) {
+        double a = 0, m = 0;
+        const float* xr = x.data() + t * s.K;
+        for (int64_t k = 0; k < s.K; ++k) {
+          a += double(xr[k]) * h.w(n, k, s.K);
+          m += std::abs(double(xr[k]) * h.w(n, k, s.K));
+        }
+        int64_t extra = 0;
+        if (sidecar)
+          for (int64_t e = h.row_ptr[size_t(n)]; e < h.row_ptr[size_t(n) + 1]; ++e) {
+            const double p = double(xr[h.col[size_t(e)]]) * h.delta[size_t(e)];
+            a += p;
+            m += std::abs(p);
+            ++extra;
+          }
+        ref[size_t(t * s.N + n)] = a;
+        mag[size_t(t * s.N + n)] = m;
+        nterms[size_t(t * s.N + n)] = double(s.K + 2 * extra + 8);
+      }
+    for (const Variant& var : variants()) {
+      set_kernel_isa(var.isa);
+      detail::force_decode_max_t = var.force;
+      std::vector<float> y(ref.size(), std::nanf(""));
+      gemm_hxq(x.data(), s.T, v, y.data());
+      const std::string what = shape_str(s, var, sidecar ? "HXQ+sidecar" : "HXQ");
+      if (integers) {
+        for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(double(y[i]), ref[i]) << what << " element " << i;
+      } else {
+        expect_close(y, ref, mag, nterms, what);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST(KernelsIsa, NamesAndSelection) {
+  EXPECT_EQ(isa_from_name("avx512"), Isa::Avx512);
+  EXPECT_EQ(isa_from_name("avx2"), Isa::Avx2);
+  EXPECT_EQ(isa_from_name("scalar"), Isa::Scalar);
+  EXPECT_FALSE(isa_from_name("sse9"));
+  EXPECT_TRUE(isa_supported(Isa::Scalar));
+  EXPECT_TRUE(isa_supported(best_isa()));
+  IsaGuard guard;
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512}) {
+    if (isa_supported(i)) {
+      set_kernel_isa(i);
+      EXPECT_EQ(kernel_isa(), i);
+    } else {
+      EXPECT_THROW(set_kernel_isa(i), Error);
+    }
+  }
+}
+
+TEST(KernelsDense, F32MatchesReference) { check_dense(DType::F32, false); }
+TEST(KernelsDense, F16MatchesReference) { check_dense(DType::F16, false); }
+TEST(KernelsDense, BF16MatchesReference) { check_dense(DType::BF16, false); }
+TEST(KernelsDense, IntegerInputsExactOnEveryIsa) {
+  for (DType dt : {DType::F32, DType::F16, DType::BF16}) check_dense(dt, true);
+}
+
+TEST(KernelsHxq, MatchesReference) { check_hxq(false, false); }
+TEST(KernelsHxq, SidecarMatchesReference) { check_hxq(true, false); }
+TEST(KernelsHxq, IntegerInputsExactOnEveryIsa) {
+  check_hxq(false, true);
+  check_hxq(true, true);
+}
+
+// Results do not depend on the number of threads (each output is one thread's fixed-order sum).
+TEST(KernelsDense, ThreadCountDoesNotChangeResults) {
+  IsaGuard guard;
+  std::mt19937 rng(5);
+  for (int64_t T : {1, 3, 40, 70}) {  // 70 > 64: the packed path
+    const int64_t K = 300, N = 1000;
+    const DenseW w = make_dense(DType::BF16, N, K, rng, false);
+    const Hxq h = make_hxq(N, K, rng, false);
+    const std::vector<float> x = make_x(T, K, rng, false);
+    for (Isa isa : supported_isas()) {
+      set_kernel_isa(isa);
+      std::vector<float> y1(size_t(T * N)), y3(y1.size()), h1(y1.size()), h3(y1.size());
+      set_num_threads(1);
+      gemm_dense(x.data(), T, K, w.data(DType::BF16), DType::BF16, N, y1.data());
+      gemm_hxq(x.data(), T, h.view(true), h1.data());
+      set_num_threads(3);
+      gemm_dense(x.data(), T, K, w.data(DType::BF16), DType::BF16, N, y3.data());
+      gemm_hxq(x.data(), T, h.view(true), h3.data());
+      set_num_threads(0);
+      EXPECT_EQ(y1, y3) << isa_name(isa) << " T=" << T;
+      EXPECT_EQ(h1, h3) << isa_name(isa) << " T=" << T;
+    }
+  }
+}
+
+TEST(KernelsDense, EmptyShapesAndBadDtype) {
+  std::vector<float> x(6, 1.0f), y(6, 5.0f), w(6, 1.0f);
+  gemm_dense(x.data(), 2, 0, w.data(), DType::F32, 3, y.data());
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+  gemm_dense(x.data(), 0, 3, w.data(), DType::F32, 3, y.data());  // nothing to do
+  EXPECT_THROW(gemm_dense(x.data(), 1, 3, w.data(), DType::I32, 2, y.data()), Error);
+}
+
+TEST(KernelsHxq, BadSidecarIsAnErrorNotACrash) {
+  IsaGuard guard;
+  std::mt19937 rng(7);
+  for (Isa isa : supported_isas()) {
+    set_kernel_isa(isa);
+    for (int64_t T : {1, 20}) {
+      Hxq h = make_hxq(40, 50, rng, false);
+      h.col.push_back(50);  // one past the last column, in the last row
+      h.delta.push_back(1.0f);
+      h.row_ptr.back() += 1;
+      std::vector<float> x(size_t(T * 50), 1.0f), y(size_t(T * 40));
+      EXPECT_THROW(gemm_hxq(x.data(), T, h.view(true), y.data()), Error) << isa_name(isa);
+      Hxq g = make_hxq(40, 50, rng, false);
+      g.row_ptr[10] = g.row_ptr[11] + 1;  // decreasing row pointers
+      EXPECT_THROW(gemm_hxq(x.data(), T, g.view(true), y.data()), Error) << isa_name(isa);
+    }
+  }
+}
+
+TEST(KernelsMeasure, BandwidthAndPeakArePositive) {
+  ThreadPool tp(2);
+  EXPECT_GT(measure_read_bandwidth_gbps(size_t(8) << 20, tp, 3), 0.0);
+  EXPECT_GT(measure_peak_fma_gflops(tp, best_isa(), 3), 0.0);
+  EXPECT_GT(measure_peak_fma_gflops(tp, Isa::Scalar, 1), 0.0);
+}
