@@ -81,3 +81,67 @@ TEST(Cli, LogitsMatchReference) {
 }
 
 }  // namespace
+
+namespace {
+
+std::vector<int64_t> json_ids(const std::string& out, const std::string& key) {
+  auto p = out.find("\"" + key + "\":[");
+  std::vector<int64_t> v;
+  if (p == std::string::npos) return v;
+  p = out.find('[', p) + 1;
+  while (out[p] != ']') {
+    size_t used = 0;
+    v.push_back(std::stoll(out.substr(p), &used));
+    p += used;
+    if (out[p] == ',') ++p;
+  }
+  return v;
+}
+
+TEST(CliGenerate, GreedyMatchesTransformers) {
+  HXQ_REQUIRE_DATA("models/mamba2-neox-17m/reference.safetensors");
+  const auto mdir = test::data_path("models/mamba2-neox-17m");
+  auto ref = TensorStore::open(mdir + "/reference.safetensors");
+  const auto& g = ref.get("gen_ids");
+  std::vector<int64_t> want(reinterpret_cast<const int64_t*>(g.data), reinterpret_cast<const int64_t*>(g.data) + g.numel());
+  auto r = run_cli({"generate", "-m", mdir, "-p", "The future of artificial intelligence", "-n", "48",
+                    "--temperature", "0", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto prompt = json_ids(r.out, "prompt_ids");
+  auto ids = json_ids(r.out, "ids");
+  ASSERT_EQ(prompt.size() + ids.size(), want.size()) << r.out;
+  EXPECT_TRUE(std::equal(prompt.begin(), prompt.end(), want.begin()));
+  EXPECT_TRUE(std::equal(ids.begin(), ids.end(), want.begin() + ptrdiff_t(prompt.size())));
+  EXPECT_NE(r.out.find("\"decode_tokens_per_s\""), std::string::npos);
+
+  // Streaming text mode prints the prompt and the same continuation; speeds go to stderr.
+  auto t = run_cli({"generate", "-m", mdir, "-p", "The future of artificial intelligence", "-n", "48"});
+  ASSERT_EQ(t.code, 0) << t.err;
+  EXPECT_NE(t.out.find("The future of artificial intelligence . The first time"), std::string::npos) << t.out;
+  EXPECT_NE(t.err.find("tokens/s"), std::string::npos) << t.err;
+}
+
+TEST(CliGenerate, SeededSamplingIsReproducible) {
+  HXQ_REQUIRE_DATA("models/mamba2-neox-17m/model.safetensors");
+  const auto mdir = test::data_path("models/mamba2-neox-17m");
+  std::vector<std::string> args{"generate", "-m", mdir, "-p", "Hello", "-n", "12", "--temperature", "0.8",
+                                "--top-k", "40", "--top-p", "0.9", "--seed", "7", "--json"};
+  auto a = run_cli(args), b = run_cli(args);
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_EQ(json_ids(a.out, "ids"), json_ids(b.out, "ids"));
+  EXPECT_EQ(json_ids(a.out, "ids").size(), 12u);
+}
+
+TEST(CliGenerate, UsageErrors) {
+  auto r = run_cli({"generate", "-m", "x", "-p", "y", "--top-p", "0"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  r = run_cli({"generate", "-m", "x", "-p", "y", "--temperature", "-1"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  r = run_cli({"generate", "-p", "y"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  r = run_cli({"generate", "-m", "/nonexistent", "-p", "y"});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("/nonexistent"), std::string::npos);
+}
+
+}  // namespace
