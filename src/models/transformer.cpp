@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
@@ -39,6 +40,48 @@ inline float dot(const float* a, const float* b, int64_t n) {
     for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
   float s = 0;
   for (; i < n; ++i) s += a[i] * b[i];
+  return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the maximum), written so that loops over it
+// vectorise: x = k ln2 + f with |f| <= ln2/2, exp(f) by its degree-7 Taylor polynomial (remainder
+// < 6e-9 relative), times 2^k built in the exponent bits. Relative error ~2e-7 (a few ulp), the
+// accuracy of libm's expf; below -87 (2^-126) it returns 2^-126-ish tiny values, not 0, which is
+// harmless next to the maximum's weight of 1.
+inline float exp_nonpos(float x) {
+  // Clamp x >= -87 on the bits (for x <= 0, a larger bit pattern is a more negative float):
+  // an integer select vectorises where a float compare (which may trap) does not.
+  uint32_t xb;
+  std::memcpy(&xb, &x, 4);
+  xb = xb > 0xC2AE0000u ? 0xC2AE0000u : xb;  // 0xC2AE0000 = -87.0f
+  std::memcpy(&x, &xb, 4);
+  const float kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  float f = x - kf * 0.693145751953125f;  // ln2 split in a high part exact in float ...
+  f = f - kf * 1.428606820309417e-06f;   // ... and the rest
+  float p = 1.0f / 5040.0f;
+  p = p * f + 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const int32_t k = int32_t(kf);
+  const uint32_t bits = uint32_t(k + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+// x[j] = exp(x[j] - mx) for j < n; returns their sum.
+float exp_shifted(float* x, int64_t n, float mx) {
+  for (int64_t j = 0; j < n; ++j) x[j] = exp_nonpos(x[j] - mx);
+  float acc[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int i = 0; i < 8; ++i) acc[i] += x[j + i];
+  float s = 0;
+  for (; j < n; ++j) s += x[j];
   return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
@@ -290,8 +333,10 @@ class TransformerModel final : public Model {
     s.att.resize(size_t(T * qd));
     const int64_t QB = 16, nqb = (T + QB - 1) / QB, rep = H / G;
     const float scale = float(1.0 / std::sqrt(double(hd)));
-    pool().parallel_for(H * nqb, [&](int64_t i0, int64_t i1, int) {
+    auto run = [&](int64_t i0, int64_t i1, int) {
       std::vector<float> sc(static_cast<size_t>(pos0 + T)), acc(static_cast<size_t>(hd));
+      const float sscale = scale;  // locals: stores to sc[] cannot alias them
+      const int64_t hdl = hd;
       for (int64_t it = i0; it < i1; ++it) {
         const int64_t hh = it / nqb, b = it % nqb, g = hh / rep;
         const float* K = st.k_at(li, g, 0);
@@ -301,26 +346,33 @@ class TransformerModel final : public Model {
           const int64_t n = pos0 + t + 1;  // causal: keys 0 .. pos0 + t
           float mx = -INFINITY;
           for (int64_t j = 0; j < n; ++j) {
-            sc[size_t(j)] = dot(q, K + j * hd, hd) * scale;
-            mx = std::max(mx, sc[size_t(j)]);
+            const float v = dot(q, K + j * hdl, hdl) * sscale;
+            sc[size_t(j)] = v;
+            mx = std::max(mx, v);
           }
-          float sum = 0;
-          for (int64_t j = 0; j < n; ++j) {
-            sc[size_t(j)] = std::exp(sc[size_t(j)] - mx);
-            sum += sc[size_t(j)];
-          }
+          const float sum = exp_shifted(sc.data(), n, mx);
           std::fill(acc.begin(), acc.end(), 0.0f);
-          for (int64_t j = 0; j < n; ++j) {
+          float* a = acc.data();
+          int64_t j = 0;
+          for (; j + 4 <= n; j += 4) {  // four keys per pass over acc
+            const float w0 = sc[size_t(j)], w1 = sc[size_t(j + 1)], w2 = sc[size_t(j + 2)], w3 = sc[size_t(j + 3)];
+            const float *v0 = V + j * hd, *v1 = v0 + hd, *v2 = v1 + hd, *v3 = v2 + hd;
+            for (int64_t e = 0; e < hd; ++e) a[e] += (w0 * v0[e] + w1 * v1[e]) + (w2 * v2[e] + w3 * v3[e]);
+          }
+          for (; j < n; ++j) {
             const float w = sc[size_t(j)];
             const float* vj = V + j * hd;
-            for (int64_t e = 0; e < hd; ++e) acc[size_t(e)] += w * vj[e];
+            for (int64_t e = 0; e < hd; ++e) a[e] += w * vj[e];
           }
           const float inv = 1.0f / sum;
           float* o = s.att.data() + t * qd + hh * hd;
           for (int64_t e = 0; e < hd; ++e) o[e] = acc[size_t(e)] * inv;
         }
       }
-    });
+    };
+    // Waking the pool costs more than a few thousand multiply-adds (decode of small models).
+    if (H * T * (pos0 + T) * hd < (int64_t(1) << 16)) run(0, H * nqb, 0);
+    else pool().parallel_for(H * nqb, run);
     L.o.forward(s.att.data(), T, out);
   }
 
@@ -405,7 +457,8 @@ TransformerConfig TransformerConfig::from_json(const json& j, const std::string&
 }
 
 int64_t TransformerConfig::max_context() const {
-  if (rope.type == RopeConfig::Type::Dynamic) return int64_t(std::floor(double(max_position) * rope.factor));
+  if (rope.type == RopeConfig::Type::Dynamic)
+    return int64_t(std::min(std::floor(double(max_position) * rope.factor), double(int64_t(1) << 40)));
   return max_position;
 }
 
