@@ -4,10 +4,11 @@
 
 #include "core/error.h"
 #include "models/mamba2.h"
+#include "models/transformer.h"
 
 namespace hxq {
 
-std::vector<std::string> supported_model_types() { return {"mamba2"}; }
+std::vector<std::string> supported_model_types() { return {"mamba2", "llama", "qwen2"}; }
 
 json load_config(const std::string& dir) {
   namespace fs = std::filesystem;
@@ -29,6 +30,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& opt
     type = "mamba2";  // mamba_ssm-style config (state-spaces releases)
   }
   if (type == "mamba2") return load_mamba2(dir, cfg, opt);
+  if (type == "llama" || type == "qwen2") return load_transformer(dir, cfg, opt);
   std::string list;
   for (auto& t : supported_model_types()) list += (list.empty() ? "" : ", ") + t;
   if (type.empty()) fail("{}/config.json: no \"model_type\" (supported: {})", dir, list);
