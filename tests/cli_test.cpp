@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -119,6 +120,16 @@ TEST(CliGenerate, GreedyMatchesTransformers) {
   ASSERT_EQ(t.code, 0) << t.err;
   EXPECT_NE(t.out.find("The future of artificial intelligence . The first time"), std::string::npos) << t.out;
   EXPECT_NE(t.err.find("tokens/s"), std::string::npos) << t.err;
+}
+
+TEST(CliGenerate, Stories260KGreedyTextFromBos) {
+  HXQ_REQUIRE_DATA("models/stories260K-hf/greedy.txt");
+  const auto mdir = test::data_path("models/stories260K-hf");
+  std::ifstream f(mdir + "/greedy.txt", std::ios::binary);
+  std::string want((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto r = run_cli({"generate", "-m", mdir, "-p", "", "-n", "200", "--temperature", "0"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, want);
 }
 
 TEST(CliGenerate, SeededSamplingIsReproducible) {

@@ -1,4 +1,6 @@
 // `hxq generate`: streams a continuation of a prompt to stdout, greedy or sampled.
+#include <unistd.h>
+
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -92,7 +94,7 @@ void add_generate(CLI::App& app) {
     } else {
       std::string rest = stream.flush();
       std::fwrite(rest.data(), 1, rest.size(), stdout);
-      std::fputc('\n', stdout);
+      if (isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped output is exactly the text
       std::fflush(stdout);
       std::fprintf(stderr, "prefill: %zu tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s%s\n",
                    prompt.size(), prefill_tps, (long long)res.decode_steps, decode_tps,
