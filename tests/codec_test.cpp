@@ -262,6 +262,15 @@ TEST(CodecNumpy, LegacyRandomStateMatchesNumpy) {
   // np.random.RandomState(42).permutation(10) == [8 1 5 0 7 2 9 4 3 6];
   // RandomState(42).random_sample() == 0.3745401188473625
   EXPECT_EQ(helix::np_legacy_permutation(42, 10), (std::vector<int64_t>{8, 1, 5, 0, 7, 2, 9, 4, 3, 6}));
+  // np.random.RandomState(0).permutation(10) == [2 8 4 9 1 6 7 3 0 5]
+  EXPECT_EQ(helix::np_legacy_permutation(0, 10), (std::vector<int64_t>{2, 8, 4, 9, 1, 6, 7, 3, 0, 5}));
+  // above 500,000 elements k-means sees flat[permutation(n)[:500000]]
+  std::vector<float> flat(500123);
+  for (size_t i = 0; i < flat.size(); ++i) flat[i] = float(i);
+  const auto sample = helix::kmeans_sample(flat.data(), int64_t(flat.size()));
+  const auto perm = helix::np_legacy_permutation(42, int64_t(flat.size()));
+  ASSERT_EQ(sample.size(), size_t(helix::kKmeansMaxSamples));
+  for (size_t i = 0; i < sample.size(); ++i) ASSERT_EQ(sample[i], float(perm[i]));
   helix::Mt19937 g(42);
   EXPECT_EQ(g.next_double(), 0.3745401188473625);
   std::mt19937 ref(42);

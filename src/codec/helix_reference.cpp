@@ -143,9 +143,11 @@ uint64_t random_interval(Mt19937& g, uint64_t max) {
 }
 }  // namespace
 
-std::vector<int64_t> np_legacy_permutation(uint32_t seed, int64_t n) {
-  std::vector<int64_t> a(static_cast<size_t>(std::max<int64_t>(n, 0)));
-  for (int64_t i = 0; i < n; ++i) a[size_t(i)] = i;
+namespace {
+template <typename T>
+std::vector<T> legacy_permutation(uint32_t seed, int64_t n) {
+  std::vector<T> a(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  for (int64_t i = 0; i < n; ++i) a[size_t(i)] = T(i);
   Mt19937 g(seed);
   for (int64_t i = n - 1; i >= 1; --i) {
     const int64_t j = int64_t(random_interval(g, uint64_t(i)));
@@ -153,6 +155,9 @@ std::vector<int64_t> np_legacy_permutation(uint32_t seed, int64_t n) {
   }
   return a;
 }
+}  // namespace
+
+std::vector<int64_t> np_legacy_permutation(uint32_t seed, int64_t n) { return legacy_permutation<int64_t>(seed, n); }
 
 // ---- numpy argsort (introsort) ---------------------------------------------------------------
 
@@ -278,9 +283,14 @@ std::vector<int64_t> np_argsort_quicksort(const std::vector<float>& vec) {
 std::vector<float> kmeans_sample(const float* flat, int64_t n) {
   if (n <= kKmeansMaxSamples) return std::vector<float>(flat, flat + n);
   // RandomState(42).choice(n, size, replace=False) == permutation(n)[:size]
-  const auto perm = np_legacy_permutation(42, n);
   std::vector<float> s(static_cast<size_t>(kKmeansMaxSamples));
-  for (int64_t i = 0; i < kKmeansMaxSamples; ++i) s[size_t(i)] = flat[perm[size_t(i)]];
+  if (n <= int64_t(0xffffffffu)) {  // same permutation, half the memory traffic
+    const auto perm = legacy_permutation<uint32_t>(42, n);
+    for (int64_t i = 0; i < kKmeansMaxSamples; ++i) s[size_t(i)] = flat[perm[size_t(i)]];
+  } else {
+    const auto perm = legacy_permutation<int64_t>(42, n);
+    for (int64_t i = 0; i < kKmeansMaxSamples; ++i) s[size_t(i)] = flat[perm[size_t(i)]];
+  }
   return s;
 }
 

@@ -12,7 +12,9 @@ namespace hxq::helix {
 // numpy's float32 add-reduction of a contiguous array (what arr.sum() / arr.mean() use): pairwise
 // summation (8 accumulators, blocks of <= 128, halving split rounded to a multiple of 8) inside
 // each inner-loop call; the reduction feeds the inner loop `block` elements at a time (numpy's
-// 8192-element buffer) and adds the partial sums in float32. block = 0: one call for all.
+// 8192-element buffer: its nditer never grows the inner loop of a buffered reduction) and adds
+// the partial sums to a float32 accumulator starting at 0. block = 0: one call for all.
+// (The 59 anchor modules give identical codebooks with block = 0, so they cannot tell them apart.)
 float np_sum_f32(const float* a, int64_t n, int64_t block = 8192);
 // np.mean of a float32 array: float32 sum, divided by the count in float64, rounded to float32.
 float np_mean_f32(const float* a, int64_t n, int64_t block = 8192);

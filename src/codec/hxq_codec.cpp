@@ -1,6 +1,7 @@
 #include "codec/hxq_codec.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -313,7 +314,7 @@ std::vector<float> lloyd_polish(const WeightedPoints& p, std::vector<int64_t> st
 HxqTensor encode_f32_optimal(const float* w, int64_t rows, int64_t cols, const EncodeOptions& o) {
   const int64_t n = rows * cols;
   std::vector<uint32_t> keys(static_cast<size_t>(n));
-  bool bad = false;
+  std::atomic<bool> bad{false};
   pool().parallel_for(nchunks(n), [&](int64_t b, int64_t e, int) {
     bool lbad = false;
     for (int64_t i = b * kChunk, end = std::min(n, e * kChunk); i < end; ++i) {
@@ -432,7 +433,8 @@ HxqTensor encode_f32_optimal(const float* w, int64_t rows, int64_t cols, const E
 // ---------------------------------------------------------------------------------------------
 // helix-substrate's Lloyd codebook (+ float32-argmin indices); any sidecar.
 
-HxqTensor encode_lloyd(const float* w, int64_t rows, int64_t cols, const EncodeOptions& o) {
+HxqTensor encode_lloyd(const float* w, int64_t rows, int64_t cols, const EncodeOptions& o, const uint16_t* codes,
+                       DType code_dt) {
   const int64_t n = rows * cols;
   HxqTensor t;
   t.rows = rows;
@@ -441,7 +443,21 @@ HxqTensor encode_lloyd(const float* w, int64_t rows, int64_t cols, const EncodeO
   const auto cents = helix::kmeans_codebook(sample.data(), int64_t(sample.size()), o.k);
   fill_codebook(t, cents);
   t.indices.resize(size_t(n));
-  helix::assign_f32(w, n, cents.data(), int(cents.size()), t.indices.data());
+  if (codes && std::is_sorted(cents.begin(), cents.end())) {
+    // the assignment is a function of the value: tabulate it once per 16-bit code
+    std::vector<uint8_t> tab(65536);
+    for (uint32_t c = 0; c < 65536; ++c) {
+      const float v = code_dt == DType::BF16 ? bf16_to_f32(uint16_t(c)) : f16_to_f32(uint16_t(c));
+      tab[c] = std::isfinite(v) ? helix::assign_one_f32(v, cents.data(), int(cents.size())) : 0;
+    }
+    pool().parallel_for(
+        n, [&](int64_t b, int64_t e, int) {
+          for (int64_t i = b; i < e; ++i) t.indices[size_t(i)] = tab[codes[i]];
+        },
+        kChunk);
+  } else {
+    helix::assign_f32(w, n, cents.data(), int(cents.size()), t.indices.data());
+  }
   if (o.sidecar == SidecarMethod::Error) {
     const int64_t nc = nchunks(n);
     // error per element; cut by weighted selection over all elements with error > 0
@@ -528,7 +544,21 @@ HxqTensor encode(const void* data, DType dt, int64_t rows, int64_t cols, const E
     f = to_float_vector(data, dt, n);
     w = f.data();
   }
-  t = o.codebook == CodebookMethod::Lloyd ? encode_lloyd(w, rows, cols, o) : encode_f32_optimal(w, rows, cols, o);
+  if (o.codebook == CodebookMethod::Lloyd) {
+    std::vector<uint16_t> copy;
+    const uint16_t* codes = nullptr;
+    if (dt != DType::F32) {
+      codes = static_cast<const uint16_t*>(data);
+      if (reinterpret_cast<uintptr_t>(data) % alignof(uint16_t)) {
+        copy.resize(size_t(n));
+        std::memcpy(copy.data(), data, size_t(n) * 2);
+        codes = copy.data();
+      }
+    }
+    t = encode_lloyd(w, rows, cols, o, codes, dt);
+  } else {
+    t = encode_f32_optimal(w, rows, cols, o);
+  }
   if (o.sidecar == SidecarMethod::Magnitude) add_magnitude_sidecar(t, w, o);
   return t;
 }
@@ -540,7 +570,7 @@ HxqTensor encode(const float* w, int64_t rows, int64_t cols, const EncodeOptions
       n > 0) {
     // exact 16-bit codes when every value is representable
     std::vector<uint16_t> codes(static_cast<size_t>(n));
-    bool exact = true;
+    std::atomic<bool> exact{true};
     const bool bf = o.source_dtype == DType::BF16;
     pool().parallel_for(nchunks(n), [&](int64_t b, int64_t e, int) {
       bool ok = true;

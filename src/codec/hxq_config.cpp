@@ -55,7 +55,7 @@ std::optional<HxqQuantConfig> parse_hxq_config(const json& config, const std::st
   c.compressed_modules = string_list(q, "compressed_modules", what, true);
   c.exact_patterns = string_list(q, "exact_patterns", what, false);
   for (const auto& m : c.compressed_modules)
-    if (!c.modules_.insert(m).second) fail("{}: quantization_config: module '{}' listed twice", what, m);
+    if (!c.module_set.insert(m).second) fail("{}: quantization_config: module '{}' listed twice", what, m);
   if (q.contains("module_k_map")) {
     const json& mk = q["module_k_map"];
     if (!mk.is_object()) fail("{}: quantization_config: \"module_k_map\" must be an object", what);

@@ -22,9 +22,9 @@ struct HxqQuantConfig {
   std::map<std::string, int> module_k_map;       // per-module codebook sizes, when given
   std::string index_packing;                     // e.g. "12bit"; empty when absent
 
-  bool is_compressed(const std::string& module) const { return modules_.count(module) != 0; }
+  bool is_compressed(const std::string& module) const { return module_set.count(module) != 0; }
 
-  std::set<std::string> modules_;  // compressed_modules as a set
+  std::set<std::string> module_set;              // compressed_modules as a set (for lookups)
 };
 
 // Parses config["quantization_config"]. Returns nullopt when the key is absent; throws Error
