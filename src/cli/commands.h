@@ -11,5 +11,8 @@ void add_tokenize(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_kl(CLI::App& app);
 void add_synth(CLI::App& app);
+void add_compress(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_decompress(CLI::App& app);
 
 }  // namespace hxq::cli
