@@ -1,6 +1,7 @@
 #include "kernels/membw.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -62,34 +63,34 @@ using Clock = std::chrono::steady_clock;
 
 }  // namespace
 
+// Runs fn(chunk index) for chunks 0 .. n-1 handed out to the pool's threads by an atomic counter:
+// on a shared machine a descheduled thread does not hold back the others (the kernels schedule
+// their work the same way), so the rate measured is what the pool can get.
+template <class F>
+void for_chunks(ThreadPool& tp, int64_t n, F fn) {
+  std::atomic<int64_t> next{0};
+  tp.run_on_all([&](int t, int) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < n; c = next.fetch_add(1, std::memory_order_relaxed))
+      fn(c, t);
+  });
+}
+
 double measure_read_bandwidth_gbps(size_t bytes, ThreadPool& tp, int repeats) {
-  bytes = std::max<size_t>(bytes, 1 << 20) / 4096 * 4096;
+  constexpr size_t kChunk = size_t(1) << 20;
+  bytes = std::max<size_t>(bytes, 4 * kChunk) / kChunk * kChunk;
   struct Free {
     void operator()(char* p) const { ::operator delete[](p, std::align_val_t(4096)); }
   };
   std::unique_ptr<char[], Free> buf(static_cast<char*>(::operator new[](bytes, std::align_val_t(4096))));
   const detail::KernelSet* ks = kernels_for(kernel_isa());
   auto sum = ks ? ks->read_sum : read_sum_scalar;
-  const int n = tp.size();
-  auto slice = [&](int t, size_t& b, size_t& e) {
-    b = bytes / 4096 * size_t(t) / size_t(n) * 4096;
-    e = bytes / 4096 * size_t(t + 1) / size_t(n) * 4096;
-  };
-  // First touch by the thread that reads the slice (page placement), non-zero contents.
-  tp.run_on_all([&](int t, int) {
-    size_t b, e;
-    slice(t, b, e);
-    std::memset(buf.get() + b, 1 + t, e - b);
-  });
-  std::vector<uint64_t> sink(size_t(n), 0);
+  const int64_t nchunks = int64_t(bytes / kChunk);
+  for_chunks(tp, nchunks, [&](int64_t c, int) { std::memset(buf.get() + size_t(c) * kChunk, int(c & 0x7f) + 1, kChunk); });
+  std::vector<uint64_t> sink(size_t(tp.size()), 0);
   std::vector<double> rates;
   for (int r = 0; r <= std::max(1, repeats); ++r) {
     const auto t0 = Clock::now();
-    tp.run_on_all([&](int t, int) {
-      size_t b, e;
-      slice(t, b, e);
-      sink[size_t(t)] += sum(buf.get() + b, e - b);
-    });
+    for_chunks(tp, nchunks, [&](int64_t c, int t) { sink[size_t(t)] += sum(buf.get() + size_t(c) * kChunk, kChunk); });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r > 0) rates.push_back(double(bytes) / s * 1e-9);  // r == 0 is the warm-up
   }
@@ -102,12 +103,13 @@ double measure_peak_fma_gflops(ThreadPool& tp, Isa isa, int repeats) {
   if (!isa_supported(isa)) fail("peak FMA: ISA {} not supported by this CPU", isa_name(isa));
   const detail::KernelSet* ks = kernels_for(isa);
   auto loop = ks ? ks->fma_loop : fma_loop_scalar;
-  const int64_t iters = 2'000'000;
+  const int64_t chunks = 16 * tp.size(), iters = 250'000;  // ~1 ms per chunk at full speed
   std::vector<double> flops(size_t(tp.size()));
   std::vector<double> rates;
   for (int r = 0; r <= std::max(1, repeats); ++r) {
+    std::fill(flops.begin(), flops.end(), 0.0);
     const auto t0 = Clock::now();
-    tp.run_on_all([&](int t, int) { flops[size_t(t)] = loop(iters); });
+    for_chunks(tp, chunks, [&](int64_t, int t) { flops[size_t(t)] += loop(iters); });
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     double total = 0;
     for (double f : flops) total += f;
