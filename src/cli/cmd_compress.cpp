@@ -41,6 +41,8 @@ void print_receipt(const CompressReceipt& r) {
               (long long)r.exact_tensors, (long long)r.total_keys);
   std::printf("  size             : %s -> %s (ratio %.3f)\n", human_bytes(double(r.input_bytes)).c_str(),
               human_bytes(double(r.output_bytes)).c_str(), r.ratio());
+  std::printf("  sidecar          : %lld exact values (%.4f %% of compressed weights)\n", (long long)r.sidecar_entries(),
+              r.compressed_weights ? 100.0 * double(r.sidecar_entries()) / double(r.compressed_weights) : 0.0);
   std::printf("  bits/weight      : %.4f (compressed tensors: codebook + indices + sidecar)\n", r.bits_per_weight());
   auto db = [](const json& v) { return v.is_number() ? fmt::format("{:.2f}", v.get<double>()) : v.dump(); };
   std::printf("  SQNR             : min %s dB, median %s dB; max |error| %.3g\n", db(j["sqnr_db_min"]).c_str(),

@@ -83,6 +83,7 @@ json CompressReceipt::to_json() const {
           {"sidecar", sidecar},
           {"sidecar_fraction", sidecar_fraction},
           {"modules_compressed", modules.size()},
+          {"sidecar_entries", sidecar_entries()},
           {"exact_tensors", exact_tensors},
           {"total_keys", total_keys},
           {"input_bytes", input_bytes},

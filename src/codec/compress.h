@@ -42,6 +42,11 @@ struct CompressReceipt {
   uint64_t compressed_weights = 0, compressed_bytes = 0;  // of the compressed modules only
   double seconds = 0;
 
+  int64_t sidecar_entries() const {
+    int64_t n = 0;
+    for (auto& m : modules) n += m.sidecar;
+    return n;
+  }
   double ratio() const { return output_bytes ? double(input_bytes) / double(output_bytes) : 0.0; }
   double bits_per_weight() const { return compressed_weights ? 8.0 * double(compressed_bytes) / double(compressed_weights) : 0; }
   double mb_per_s() const { return seconds > 0 ? double(input_bytes) / 1e6 / seconds : 0.0; }
