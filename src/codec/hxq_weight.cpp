@@ -161,7 +161,7 @@ std::shared_ptr<const HxqWeight> HxqWeight::load(const TensorStore& store, const
     if (sv->shape[0] != sp->shape[0])
       fail("{}: tensor '{}': {} sidecar values for {} positions", sv->file, sv->name, sv->shape[0], sp->shape[0]);
     pos.resize(size_t(sp->shape[0]));
-    std::memcpy(pos.data(), sp->data, pos.size() * 8);
+    if (!pos.empty()) std::memcpy(pos.data(), sp->data, pos.size() * 8);
     val = read_floats(*sv);
     const int64_t n = rows * cols;
     for (size_t i = 0; i < pos.size(); ++i) {
