@@ -11,5 +11,6 @@ void add_tokenize(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_kl(CLI::App& app);
 void add_synth(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace hxq::cli
