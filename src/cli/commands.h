@@ -14,5 +14,6 @@ void add_synth(CLI::App& app);
 void add_compress(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_decompress(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace hxq::cli

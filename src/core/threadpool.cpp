@@ -1,7 +1,14 @@
 #include "core/threadpool.h"
 
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <memory>
+#include <chrono>
+#include <climits>
+#include <cstdlib>
 
 namespace hxq {
 
@@ -15,80 +22,146 @@ struct InJob {
   InJob() : prev(t_in_job) { t_in_job = true; }
   ~InJob() { t_in_job = prev; }
 };
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Blocks while *addr == expected (or until a wake-up; callers re-check their condition).
+void futex_wait(const void* addr, uint32_t expected) {
+  syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+void futex_wake(const void* addr, int n) { syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0); }
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Spins until done() or until spin_ns have passed; returns done(). Pure pause loops for the
+// first microseconds, then sched_yield between checks so that a busy machine's other runnable
+// threads (another process, or the very thread we wait for) get the core.
+template <class Done>
+bool spin_until(Done done, int64_t spin_ns) {
+  if (done()) return true;
+  if (spin_ns <= 0) return false;
+  const int64_t t0 = now_ns();
+  for (int i = 1;; ++i) {
+    for (int k = 0; k < 32; ++k) {
+      cpu_relax();
+      if (done()) return true;
+    }
+    if ((i & 7) == 0) {
+      const int64_t dt = now_ns() - t0;
+      if (dt > spin_ns) return done();
+      if (dt > 20'000) sched_yield();
+    }
+  }
+}
+
+int default_spin_us() {
+  if (const char* e = std::getenv("HXQ_SPIN_US"); e && *e) {
+    char* end = nullptr;
+    long v = std::strtol(e, &end, 10);
+    if (end != e && v >= 0 && v <= 1'000'000) return int(v);
+  }
+  return 200;
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
+  set_spin_us(default_spin_us());
   threads = std::max(1, threads);
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
-  }
-  cv_start_.notify_all();
+  stop_.store(true, std::memory_order_seq_cst);
+  gen_.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&gen_, INT_MAX);
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::worker_loop(int idx) {
-  uint64_t seen = 0;
+void ThreadPool::record_error(std::exception_ptr e) {
+  std::lock_guard<std::mutex> lk(err_mu_);
+  if (!error_) error_ = std::move(e);
+}
+
+bool ThreadPool::run_shares(uint32_t gen) {
+  const uint64_t n = uint64_t(size());
+  bool any = false;
+  uint64_t v = claim_.load(std::memory_order_acquire);
   for (;;) {
-    const std::function<void(int, int)>* job;
-    {
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-    }
-    std::exception_ptr err;
+    if (uint32_t(v >> 32) != gen || (v & 0xffffffffu) >= n) return any;
+    if (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // Share (v & mask) of job `gen` is ours: the job cannot finish before we do.
+    any = true;
     try {
       InJob guard;
-      (*job)(idx, size());
+      (*job_)(int(v & 0xffffffffu), int(n));
     } catch (...) {
-      err = std::current_exception();
+      record_error(std::current_exception());
     }
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (err && !error_) error_ = err;
-      if (--pending_ == 0) cv_done_.notify_one();
-    }
+    if (remaining_.fetch_sub(1, std::memory_order_seq_cst) == 1 && caller_sleeping_.load(std::memory_order_seq_cst))
+      futex_wake(&remaining_, 1);
+    v = claim_.load(std::memory_order_acquire);
   }
 }
 
-void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
+void ThreadPool::worker_loop() {
+  uint32_t seen = 0;
+  for (;;) {
+    auto changed = [&] { return gen_.load(std::memory_order_acquire) != seen; };
+    if (!spin_until(changed, spin_ns_.load(std::memory_order_relaxed))) {
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      // futex_wait returns at once when gen_ != seen already (no lost wake-up: the submitter
+      // advances gen_ before it reads sleepers_).
+      while (gen_.load(std::memory_order_seq_cst) == seen) futex_wait(&gen_, seen);
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    seen = gen_.load(std::memory_order_acquire);
+    if (stop_.load(std::memory_order_acquire)) return;
+    run_shares(seen);
+  }
+}
+
+void ThreadPool::run_on_all(FnRef<void(int, int)> fn) {
   if (workers_.empty() || t_in_job) {  // nested call from inside a job: run serially here
     InJob guard;
     fn(0, 1);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    job_ = &fn;
-    pending_ = int(workers_.size());
-    error_ = nullptr;
-    ++generation_;
+  std::lock_guard<std::mutex> submit(submit_mu_);
+  const uint32_t gen = gen_.load(std::memory_order_relaxed) + 1;
+  job_ = &fn;
+  error_ = nullptr;
+  remaining_.store(int32_t(size()), std::memory_order_relaxed);
+  claim_.store(uint64_t(gen) << 32, std::memory_order_release);
+  gen_.store(gen, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake(&gen_, INT_MAX);
+  run_shares(gen);  // the caller works too, and takes over shares no worker has started
+  auto done = [&] { return remaining_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done, spin_ns_.load(std::memory_order_relaxed))) {
+    caller_sleeping_.store(true, std::memory_order_seq_cst);
+    for (int32_t p; (p = remaining_.load(std::memory_order_seq_cst)) != 0;) futex_wait(&remaining_, uint32_t(p));
+    caller_sleeping_.store(false, std::memory_order_relaxed);
   }
-  cv_start_.notify_all();
-  std::exception_ptr mine;
-  try {
-    InJob guard;
-    fn(0, size());
-  } catch (...) {
-    mine = std::current_exception();
-  }
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return pending_ == 0; });
   job_ = nullptr;
-  if (mine) std::rethrow_exception(mine);
-  if (error_) std::rethrow_exception(error_);
+  if (error_) {
+    std::exception_ptr e = std::move(error_);
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t grain) {
+void ThreadPool::parallel_for(int64_t n, FnRef<void(int64_t, int64_t, int)> fn, int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  int64_t chunks = std::min<int64_t>(size(), (n + grain - 1) / grain);
+  const int64_t chunks = std::min<int64_t>(size(), n / grain);
   if (chunks <= 1 || t_in_job) {
     InJob guard;
     fn(0, n, 0);
@@ -96,7 +169,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   }
   run_on_all([&](int t, int) {
     if (t >= chunks) return;
-    int64_t b = n * t / chunks, e = n * (t + 1) / chunks;
+    const int64_t b = n * t / chunks, e = n * (t + 1) / chunks;
     if (b < e) fn(b, e, t);
   });
 }

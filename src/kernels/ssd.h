@@ -1,0 +1,67 @@
+// Vectorised elementwise kernels of the Mamba2 mixer (SSD scan, causal conv, gating, norms),
+// dispatched at run time like the GEMM kernels: AVX-512, AVX2 or portable scalar (kernel_isa()).
+#pragma once
+#include <cstdint>
+
+namespace hxq::ssd {
+
+// Σ x[i]²
+float sumsq(const float* x, int64_t n);
+// h[i] += a[i]; returns Σ h[i]² (the residual add fused with the next RMSNorm's reduction).
+float add_sumsq(float* h, const float* a, int64_t n);
+// y[i] = w[i] · (x[i] · s)   (x == y allowed)
+void scale_mul(const float* x, const float* w, float s, int64_t n, float* y);
+// y[i] = y[i] · silu(z[i]); returns Σ y[i]² (the gate of Mamba2's gated RMSNorm).
+float gate_silu_sumsq(float* y, const float* z, int64_t n);
+
+// Depthwise causal conv + SiLU, one step for C channels: with the window `state` [K-1][C]
+// (oldest first) and tap-major weights w [K][C],
+//   out[c] = silu(bias[c] + Σ_{j<K-1} w[j][c] · state[j][c] + w[K-1][c] · x[c]);
+// then the window shifts: state rows move up by one and x becomes the last row.
+void conv_step(const float* x, float* state, const float* w, const float* bias, int64_t C, int64_t K, float* out);
+// The same for rows t in [t0, t1) of a sequence: input row s is in + s·ldin for s >= 0 and
+// state row K-1+s for s < 0; out row t is out + t·ldout. The state is not modified.
+void conv_rows(const float* in, int64_t ldin, const float* state, const float* w, const float* bias, int64_t C,
+               int64_t K, int64_t t0, int64_t t1, float* out, int64_t ldout);
+
+// One recurrent SSM step of one head, state S [P][N]:
+//   S[p][:] = decay · S[p][:] + (dt · x[p]) · B;   y[p] = S[p][:] · C + D · x[p].
+void ssm_step(float* S, int64_t P, int64_t N, const float* x, const float* B, const float* C, float dt, float decay,
+              float D, float* y);
+
+// out[u] = (cb ? cb[u] : 1) · exp(ct − cum[u]) · dt[u] for u in [0, n)  (a row of SSD's masked
+// decay matrix, or the state-update weights). The SIMD exp has a relative error < 2e-7 (a few
+// ulp) wherever its result is a normal float; results below ~1e-38 may flush to 0.
+void decay_row(const float* cb, const float* cum, const float* dt, float ct, int64_t n, float* out);
+
+// y[i] = a · x[i] + b · y[i]
+void axpby(float a, const float* x, float b, float* y, int64_t n);
+// y[i] = x[i] · w[i]
+void mul(const float* x, const float* w, float* y, int64_t n);
+// y[i] = s · x[i]
+void scale(const float* x, float s, float* y, int64_t n);
+
+}  // namespace hxq::ssd
+
+namespace hxq::ssd::detail {
+
+struct SsdKernels {
+  float (*sumsq)(const float*, int64_t);
+  float (*add_sumsq)(float*, const float*, int64_t);
+  void (*scale_mul)(const float*, const float*, float, int64_t, float*);
+  float (*gate_silu_sumsq)(float*, const float*, int64_t);
+  void (*conv_step)(const float*, float*, const float*, const float*, int64_t, int64_t, float*);
+  void (*conv_rows)(const float*, int64_t, const float*, const float*, const float*, int64_t, int64_t, int64_t,
+                    int64_t, float*, int64_t);
+  void (*ssm_step)(float*, int64_t, int64_t, const float*, const float*, const float*, float, float, float, float*);
+  void (*decay_row)(const float*, const float*, const float*, float, int64_t, float*);
+  void (*axpby)(float, const float*, float, float*, int64_t);
+  void (*mul)(const float*, const float*, float*, int64_t);
+  void (*scale)(const float*, float, float*, int64_t);
+};
+
+const SsdKernels& ssd_kernels_scalar();
+const SsdKernels& ssd_kernels_avx2();
+const SsdKernels& ssd_kernels_avx512();
+
+}  // namespace hxq::ssd::detail

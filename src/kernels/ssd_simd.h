@@ -1,0 +1,197 @@
+// Internal: the Mamba2 mixer kernels of ssd.h written once over a SIMD vector type S (included by
+// ssd_avx512.cpp and ssd_avx2.cpp, each compiled for its instruction set). S provides: W (lanes),
+// V, zero, set1, load, loadn / storen (first n < W lanes, the rest zero / untouched), store, add,
+// sub, mul, div, fma (a·b + c), hsum, and exp (relative error < 2e-7 where the result is a
+// normal float).
+#pragma once
+#include <cstdint>
+
+#include "kernels/ssd.h"
+
+namespace hxq::ssd::detail {
+
+template <class S>
+struct SsdImpl {
+  using V = typename S::V;
+  static constexpr int W = S::W;
+
+  static V silu(V x) { return S::div(x, S::add(S::set1(1.0f), S::exp(S::sub(S::zero(), x)))); }
+
+  static float sumsq(const float* x, int64_t n) {
+    V a0 = S::zero(), a1 = S::zero();
+    int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+      const V v0 = S::load(x + i), v1 = S::load(x + i + W);
+      a0 = S::fma(v0, v0, a0);
+      a1 = S::fma(v1, v1, a1);
+    }
+    for (; i < n; i += W) {
+      const V v = i + W <= n ? S::load(x + i) : S::loadn(x + i, int(n - i));
+      a0 = S::fma(v, v, a0);
+    }
+    return S::hsum(S::add(a0, a1));
+  }
+
+  static float add_sumsq(float* h, const float* a, int64_t n) {
+    V acc = S::zero();
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+      const V v = S::add(S::load(h + i), S::load(a + i));
+      S::store(h + i, v);
+      acc = S::fma(v, v, acc);
+    }
+    if (i < n) {
+      const int r = int(n - i);
+      const V v = S::add(S::loadn(h + i, r), S::loadn(a + i, r));
+      S::storen(h + i, v, r);
+      acc = S::fma(v, v, acc);
+    }
+    return S::hsum(acc);
+  }
+
+  static void scale_mul(const float* x, const float* w, float s, int64_t n, float* y) {
+    const V vs = S::set1(s);
+    int64_t i = 0;
+    for (; i + W <= n; i += W) S::store(y + i, S::mul(S::load(w + i), S::mul(S::load(x + i), vs)));
+    if (i < n) {
+      const int r = int(n - i);
+      S::storen(y + i, S::mul(S::loadn(w + i, r), S::mul(S::loadn(x + i, r), vs)), r);
+    }
+  }
+
+  static float gate_silu_sumsq(float* y, const float* z, int64_t n) {
+    V acc = S::zero();
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+      const V v = S::mul(S::load(y + i), silu(S::load(z + i)));
+      S::store(y + i, v);
+      acc = S::fma(v, v, acc);
+    }
+    if (i < n) {
+      const int r = int(n - i);
+      const V v = S::mul(S::loadn(y + i, r), silu(S::loadn(z + i, r)));
+      S::storen(y + i, v, r);
+      acc = S::fma(v, v, acc);
+    }
+    return S::hsum(acc);
+  }
+
+  // out = silu(bias + Σ_j w[j]·row_j) over channels [c, c + r) (r == W: full vector).
+  template <bool Full>
+  static void conv_block(const float* const* rows, const float* w, const float* bias, int64_t C, int64_t K, int64_t c,
+                         int r, float* out) {
+    auto ld = [&](const float* p) { return Full ? S::load(p) : S::loadn(p, r); };
+    V acc = ld(bias + c);
+    for (int64_t j = 0; j < K; ++j) acc = S::fma(ld(w + j * C + c), ld(rows[j] + c), acc);
+    if (Full) S::store(out + c, silu(acc));
+    else S::storen(out + c, silu(acc), r);
+  }
+
+  static void conv_step(const float* x, float* state, const float* w, const float* bias, int64_t C, int64_t K,
+                        float* out) {
+    const float* rows[16];
+    for (int64_t j = 0; j + 1 < K; ++j) rows[j] = state + j * C;
+    rows[K - 1] = x;
+    int64_t c = 0;
+    for (; c + W <= C; c += W) {
+      conv_block<true>(rows, w, bias, C, K, c, W, out);
+      for (int64_t j = 0; j + 2 < K; ++j) S::store(state + j * C + c, S::load(state + (j + 1) * C + c));
+      if (K > 1) S::store(state + (K - 2) * C + c, S::load(x + c));
+    }
+    if (c < C) {
+      const int r = int(C - c);
+      conv_block<false>(rows, w, bias, C, K, c, r, out);
+      for (int64_t j = 0; j + 2 < K; ++j) S::storen(state + j * C + c, S::loadn(state + (j + 1) * C + c, r), r);
+      if (K > 1) S::storen(state + (K - 2) * C + c, S::loadn(x + c, r), r);
+    }
+  }
+
+  static void conv_rows(const float* in, int64_t ldin, const float* state, const float* w, const float* bias, int64_t C,
+                        int64_t K, int64_t t0, int64_t t1, float* out, int64_t ldout) {
+    const float* rows[16];
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t s = t + j - (K - 1);
+        rows[j] = s < 0 ? state + (K - 1 + s) * C : in + s * ldin;
+      }
+      float* o = out + t * ldout;
+      int64_t c = 0;
+      for (; c + W <= C; c += W) conv_block<true>(rows, w, bias, C, K, c, W, o);
+      if (c < C) conv_block<false>(rows, w, bias, C, K, c, int(C - c), o);
+    }
+  }
+
+  static void ssm_step(float* Sm, int64_t P, int64_t N, const float* x, const float* B, const float* Cv, float dt,
+                       float decay, float D, float* y) {
+    const V vdecay = S::set1(decay);
+    for (int64_t p = 0; p < P; ++p) {
+      float* sp = Sm + p * N;
+      const V coef = S::set1(dt * x[p]);
+      V acc = S::zero();
+      int64_t n = 0;
+      for (; n + W <= N; n += W) {
+        const V s = S::fma(S::load(sp + n), vdecay, S::mul(coef, S::load(B + n)));
+        S::store(sp + n, s);
+        acc = S::fma(s, S::load(Cv + n), acc);
+      }
+      if (n < N) {
+        const int r = int(N - n);
+        const V s = S::fma(S::loadn(sp + n, r), vdecay, S::mul(coef, S::loadn(B + n, r)));
+        S::storen(sp + n, s, r);
+        acc = S::fma(s, S::loadn(Cv + n, r), acc);
+      }
+      y[p] = S::hsum(acc) + D * x[p];
+    }
+  }
+
+  static void decay_row(const float* cb, const float* cum, const float* dt, float ct, int64_t n, float* out) {
+    const V vct = S::set1(ct);
+    int64_t u = 0;
+    for (; u + W <= n; u += W) {
+      V v = S::mul(S::exp(S::sub(vct, S::load(cum + u))), S::load(dt + u));
+      if (cb) v = S::mul(S::load(cb + u), v);
+      S::store(out + u, v);
+    }
+    if (u < n) {
+      const int r = int(n - u);
+      V v = S::mul(S::exp(S::sub(vct, S::loadn(cum + u, r))), S::loadn(dt + u, r));
+      if (cb) v = S::mul(S::loadn(cb + u, r), v);
+      S::storen(out + u, v, r);
+    }
+  }
+
+  static void axpby(float a, const float* x, float b, float* y, int64_t n) {
+    const V va = S::set1(a), vb = S::set1(b);
+    int64_t i = 0;
+    for (; i + W <= n; i += W) S::store(y + i, S::fma(va, S::load(x + i), S::mul(vb, S::load(y + i))));
+    if (i < n) {
+      const int r = int(n - i);
+      S::storen(y + i, S::fma(va, S::loadn(x + i, r), S::mul(vb, S::loadn(y + i, r))), r);
+    }
+  }
+
+  static void mul(const float* x, const float* w, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + W <= n; i += W) S::store(y + i, S::mul(S::load(x + i), S::load(w + i)));
+    if (i < n) {
+      const int r = int(n - i);
+      S::storen(y + i, S::mul(S::loadn(x + i, r), S::loadn(w + i, r)), r);
+    }
+  }
+
+  static void scale(const float* x, float s, float* y, int64_t n) {
+    const V vs = S::set1(s);
+    int64_t i = 0;
+    for (; i + W <= n; i += W) S::store(y + i, S::mul(vs, S::load(x + i)));
+    if (i < n) S::storen(y + i, S::mul(vs, S::loadn(x + i, int(n - i))), int(n - i));
+  }
+
+  static const SsdKernels& table() {
+    static const SsdKernels k{sumsq,    add_sumsq, scale_mul, gate_silu_sumsq, conv_step,
+                              conv_rows, ssm_step, decay_row, axpby,           mul,
+                              scale};
+    return k;
+  }
+};
+
+}  // namespace hxq::ssd::detail
