@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <random>
 #include <vector>
@@ -127,11 +128,47 @@ void set_counters(benchmark::State& st, double bytes, double flops) {
   st.SetLabel(std::string(isa_name(kernel_isa())));
 }
 
+double process_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
+// All-core runs on a shared machine lose time slices to other processes; besides the wall-time
+// rates they report "while scheduled" rates: work over (process CPU time / threads), against
+// baselines measured the same way (sum over threads of work / thread CPU time).
+struct CpuClock {
+  int threads;
+  double c0 = process_cpu_seconds(), busy = 0;
+  void stop() { busy = (process_cpu_seconds() - c0) / threads; }
+};
+
 // bw_frac: the kernel's byte rate over the read bandwidth measured around it (GB/s).
 void set_bw_counters(benchmark::State& st, double bytes, double bw_before, double bw_after) {
   const double bw = 0.5 * (bw_before + bw_after);
   st.counters["bw_GB/s"] = bw;
   st.counters["bw_frac"] = benchmark::Counter(bytes * 1e-9 / bw, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void set_cpu_bw_counters(benchmark::State& st, double bytes, const CpuClock& cpu, int threads) {
+  if (threads == 1) return;  // one-core runs are timed in CPU time already
+  const double rate = bytes * double(st.iterations()) / cpu.busy * 1e-9;
+  ThreadPool tp(threads);
+  const char* e = std::getenv("HXQ_BENCH_BW_MB");
+  const double bw = measure_read_bandwidth_gbps((e ? size_t(std::atol(e)) : 512) << 20, tp, 5, true);
+  st.counters["sched_GB/s"] = rate;
+  st.counters["sched_bw_GB/s"] = bw;
+  st.counters["sched_bw_frac"] = rate / bw;
+}
+
+void set_cpu_peak_counters(benchmark::State& st, double flops, const CpuClock& cpu, int threads) {
+  if (threads == 1) return;
+  const double rate = flops * double(st.iterations()) / cpu.busy * 1e-9;
+  ThreadPool tp(threads);
+  const double peak = measure_peak_fma_gflops(tp, best_isa(), 9, true);
+  st.counters["sched_GFLOP/s"] = rate;
+  st.counters["sched_peak_GFLOP/s"] = peak;
+  st.counters["sched_peak_frac"] = rate / peak;
 }
 
 // Decode: T = st.range(2) rows of X, a different (cold) copy of W each iteration.
@@ -146,13 +183,16 @@ void BM_DenseMatvec(benchmark::State& st, DType dt) {
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
   int c = 0;
+  CpuClock cpu{threads};
   for (auto _ : st) {
     gemm_dense(x.data(), T, K, ws.w[size_t(c)].data(), dt, N, y.data());
     benchmark::DoNotOptimize(y.data());
     c = (c + 1) % copies;
   }
+  cpu.stop();
   set_counters(st, double(wb), 2.0 * double(T * N * K));
   set_bw_counters(st, double(wb), bw0, machine_bandwidth(threads));
+  set_cpu_bw_counters(st, double(wb), cpu, threads);
   set_num_threads(0);
 }
 
@@ -166,13 +206,16 @@ void BM_HxqMatvec(benchmark::State& st) {
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
   int c = 0;
+  CpuClock cpu{threads};
   for (auto _ : st) {
     gemm_hxq(x.data(), T, hs.view(c), y.data());
     benchmark::DoNotOptimize(y.data());
     c = (c + 1) % copies;
   }
+  cpu.stop();
   set_counters(st, double(hs.bytes()), 2.0 * double(T * N * K));
   set_bw_counters(st, double(hs.bytes()), bw0, machine_bandwidth(threads));
+  set_cpu_bw_counters(st, double(hs.bytes()), cpu, threads);
   set_num_threads(0);
 }
 
@@ -185,13 +228,16 @@ void BM_DenseGemm(benchmark::State& st, DType dt) {
   DenseSet ws(dt, N, K, 1);
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
+  CpuClock cpu{threads};
   for (auto _ : st) {
     gemm_dense(x.data(), T, K, ws.w[0].data(), dt, N, y.data());
     benchmark::DoNotOptimize(y.data());
   }
+  cpu.stop();
   const double flops = 2.0 * double(T * N * K);
   set_counters(st, double(N * K) * double(dtype_size(dt)), flops);
   set_peak_counters(st, flops, peak0, machine_peak(threads));
+  set_cpu_peak_counters(st, flops, cpu, threads);
   set_num_threads(0);
 }
 
@@ -203,13 +249,16 @@ void BM_HxqGemm(benchmark::State& st) {
   HxqSet hs(N, K, 1);
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
+  CpuClock cpu{threads};
   for (auto _ : st) {
     gemm_hxq(x.data(), T, hs.view(0), y.data());
     benchmark::DoNotOptimize(y.data());
   }
+  cpu.stop();
   const double flops = 2.0 * double(T * N * K);
   set_counters(st, double(hs.bytes()), flops);
   set_peak_counters(st, flops, peak0, machine_peak(threads));
+  set_cpu_peak_counters(st, flops, cpu, threads);
   set_num_threads(0);
 }
 
