@@ -276,7 +276,7 @@ void hxq_pack_w(const HxqView& wv, int64_t n0, int64_t n, float* dst) {
 }
 
 // Accumulators are only ever indexed by unrolled constants (GCC otherwise keeps the arrays in
-// memory and stores them every k step: measured 40% -> see docs/PERFORMANCE.md).
+// memory and stores them every k step: 40% -> 86% of one Zen 4 core's peak, T = 512).
 template <int M>
 void micro_t(const float* A, const float* B, int64_t kc, float* C, int64_t ldc, int n, bool accumulate) {
   __m256 c0[M], c1[M];
