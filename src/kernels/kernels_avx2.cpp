@@ -335,9 +335,11 @@ uint64_t read_sum(const void* p, size_t bytes) {
   __m256i acc[8];
   for (auto& a : acc) a = _mm256_setzero_si256();
   size_t i = 0;
-  for (; i + 256 <= bytes; i += 256)
+  for (; i + 256 <= bytes; i += 256) {
+    for (int j = 0; j < 4; ++j) _mm_prefetch(c + i + 8192 + 64 * j, _MM_HINT_T1);  // see kernels_avx512.cpp
     for (int j = 0; j < 8; ++j)
       acc[j] = _mm256_add_epi64(acc[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32 * j)));
+  }
   for (int j = 1; j < 8; ++j) acc[0] = _mm256_add_epi64(acc[0], acc[j]);
   alignas(32) uint64_t lanes[4];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[0]);

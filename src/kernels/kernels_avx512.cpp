@@ -393,8 +393,12 @@ uint64_t read_sum(const void* p, size_t bytes) {
   __m512i acc[8];
   for (auto& a : acc) a = _mm512_setzero_si512();
   size_t i = 0;
-  for (; i + 512 <= bytes; i += 512)
+  // Software prefetch into L2 8 KiB ahead, as the streaming kernels do: the baseline must not
+  // be below what the kernels themselves can pull (measured +5-10% on one core).
+  for (; i + 512 <= bytes; i += 512) {
+    for (int j = 0; j < 8; ++j) _mm_prefetch(c + i + 8192 + 64 * j, _MM_HINT_T1);
     for (int j = 0; j < 8; ++j) acc[j] = _mm512_add_epi64(acc[j], _mm512_loadu_si512(c + i + 64 * j));
+  }
   for (int j = 1; j < 8; ++j) acc[0] = _mm512_add_epi64(acc[0], acc[j]);
   uint64_t s = uint64_t(_mm512_reduce_add_epi64(acc[0]));
   for (; i < bytes; ++i) s += uint8_t(c[i]);
