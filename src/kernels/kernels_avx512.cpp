@@ -400,7 +400,10 @@ uint64_t read_sum(const void* p, size_t bytes) {
     for (int j = 0; j < 8; ++j) acc[j] = _mm512_add_epi64(acc[j], _mm512_loadu_si512(c + i + 64 * j));
   }
   for (int j = 1; j < 8; ++j) acc[0] = _mm512_add_epi64(acc[0], acc[j]);
-  uint64_t s = uint64_t(_mm512_reduce_add_epi64(acc[0]));
+  alignas(64) uint64_t lanes[8];  // (_mm512_reduce_add_epi64 adds signed: overflow is UB)
+  _mm512_store_si512(lanes, acc[0]);
+  uint64_t s = 0;
+  for (uint64_t l : lanes) s += l;
   for (; i < bytes; ++i) s += uint8_t(c[i]);
   return s;
 }
