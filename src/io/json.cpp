@@ -81,6 +81,23 @@ json parse_json_text(const std::string& text, const std::string& what) {
 
 json parse_json_file(const std::string& path) { return parse_json_text(read_text_file(path), path); }
 
+int64_t json_int(const json& j, const char* key, const std::string& what) {
+  if (!j.contains(key) || j[key].is_null()) fail("{}: missing \"{}\"", what, key);
+  const auto& v = j[key];
+  if (!v.is_number_integer()) fail("{}: \"{}\" must be an integer, got {}", what, key, v.dump());
+  return v.get<int64_t>();
+}
+
+int64_t json_int_or(const json& j, const char* key, int64_t dflt, const std::string& what) {
+  return j.contains(key) && !j[key].is_null() ? json_int(j, key, what) : dflt;
+}
+
+bool json_bool_or(const json& j, const char* key, bool dflt, const std::string& what) {
+  if (!j.contains(key) || j[key].is_null()) return dflt;
+  if (!j[key].is_boolean()) fail("{}: \"{}\" must be true or false, got {}", what, key, j[key].dump());
+  return j[key].get<bool>();
+}
+
 double json_float(const json& j, const std::string& what) {
   if (j.is_number()) return j.get<double>();
   if (j.is_object() && j.contains("__float__") && j["__float__"].is_string()) {

@@ -18,6 +18,12 @@ json parse_json_text(const std::string& text, const std::string& what);
 // line of printable ASCII (bytes quoted from malformed input become \xNN), at most ~300 chars.
 std::string clean_json_error(const char* what);
 
+// Config values with one-line errors naming `what` (usually the file): a required integer (absent
+// or null is an error), an optional integer or boolean (absent or null gives the default).
+int64_t json_int(const json& j, const char* key, const std::string& what);
+int64_t json_int_or(const json& j, const char* key, int64_t dflt, const std::string& what);
+bool json_bool_or(const json& j, const char* key, bool dflt, const std::string& what);
+
 // A number, or transformers 5's {"__float__": "Infinity" | "-Infinity" | "NaN"}.
 double json_float(const json& j, const std::string& what);
 

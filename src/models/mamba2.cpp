@@ -15,23 +15,6 @@ namespace hxq {
 
 namespace {
 
-int64_t get_int(const json& j, const char* key, const std::string& path) {
-  if (!j.contains(key)) fail("{}: missing \"{}\"", path, key);
-  const auto& v = j[key];
-  if (!v.is_number_integer()) fail("{}: \"{}\" must be an integer, got {}", path, key, v.dump());
-  return v.get<int64_t>();
-}
-
-int64_t get_int_or(const json& j, const char* key, int64_t dflt, const std::string& path) {
-  return j.contains(key) && !j[key].is_null() ? get_int(j, key, path) : dflt;
-}
-
-bool get_bool_or(const json& j, const char* key, bool dflt, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return dflt;
-  if (!j[key].is_boolean()) fail("{}: \"{}\" must be true or false, got {}", path, key, j[key].dump());
-  return j[key].get<bool>();
-}
-
 inline float softplus(float x) {  // torch.nn.functional.softplus, beta=1, threshold=20
   return x > 20.0f ? x : std::log1p(std::exp(x));
 }
@@ -416,24 +399,24 @@ Mamba2Config Mamba2Config::from_json(const json& j, const std::string& path) {
     const json ssm = j.contains("ssm_cfg") && j["ssm_cfg"].is_object() ? j["ssm_cfg"] : json::object();
     if (ssm.contains("layer") && ssm["layer"] != "Mamba2")
       fail("{}: ssm_cfg.layer is {}, only Mamba2 is supported here", path, ssm["layer"].dump());
-    c.d_model = get_int(j, "d_model", path);
-    c.n_layer = get_int(j, "n_layer", path);
-    int64_t v = get_int(j, "vocab_size", path);
-    int64_t mult = get_int_or(j, "pad_vocab_size_multiple", 8, path);
+    c.d_model = json_int(j, "d_model", path);
+    c.n_layer = json_int(j, "n_layer", path);
+    int64_t v = json_int(j, "vocab_size", path);
+    int64_t mult = json_int_or(j, "pad_vocab_size_multiple", 8, path);
     c.vocab = mult > 0 ? (v + mult - 1) / mult * mult : v;
-    c.d_state = get_int_or(ssm, "d_state", 128, path);
-    c.d_conv = get_int_or(ssm, "d_conv", 4, path);
-    int64_t expand = get_int_or(ssm, "expand", 2, path);
-    c.head_dim = get_int_or(ssm, "headdim", 64, path);
-    c.n_groups = get_int_or(ssm, "ngroups", 1, path);
-    c.chunk_size = get_int_or(ssm, "chunk_size", 256, path);
+    c.d_state = json_int_or(ssm, "d_state", 128, path);
+    c.d_conv = json_int_or(ssm, "d_conv", 4, path);
+    int64_t expand = json_int_or(ssm, "expand", 2, path);
+    c.head_dim = json_int_or(ssm, "headdim", 64, path);
+    c.n_groups = json_int_or(ssm, "ngroups", 1, path);
+    c.chunk_size = json_int_or(ssm, "chunk_size", 256, path);
     c.d_inner = expand * c.d_model;
     if (c.head_dim <= 0 || c.d_inner % c.head_dim) fail("{}: d_inner {} not divisible by headdim {}", path, c.d_inner, c.head_dim);
     c.n_heads = c.d_inner / c.head_dim;
     c.norm_eps = j.contains("norm_epsilon") ? json_float(j["norm_epsilon"], path + ": norm_epsilon") : 1e-5;
-    c.tie_embeddings = get_bool_or(j, "tie_embeddings", true, path);
-    c.conv_bias = get_bool_or(ssm, "conv_bias", true, path);
-    c.proj_bias = get_bool_or(ssm, "bias", false, path);
+    c.tie_embeddings = json_bool_or(j, "tie_embeddings", true, path);
+    c.conv_bias = json_bool_or(ssm, "conv_bias", true, path);
+    c.proj_bias = json_bool_or(ssm, "bias", false, path);
     c.dt_min = 0.0;
     c.dt_max = std::numeric_limits<double>::infinity();
     if (ssm.contains("dt_limit") && ssm["dt_limit"].is_array() && ssm["dt_limit"].size() == 2) {
@@ -442,22 +425,22 @@ Mamba2Config Mamba2Config::from_json(const json& j, const std::string& path) {
     }
     c.grouped_norm = true;
   } else {
-    c.d_model = get_int(j, "hidden_size", path);
-    c.n_layer = get_int(j, "num_hidden_layers", path);
-    c.vocab = get_int(j, "vocab_size", path);
-    c.d_state = get_int_or(j, "state_size", 128, path);
-    c.d_conv = get_int_or(j, "conv_kernel", 4, path);
-    int64_t expand = get_int_or(j, "expand", 2, path);
-    c.head_dim = get_int_or(j, "head_dim", 64, path);
-    c.n_groups = get_int_or(j, "n_groups", 1, path);
-    c.chunk_size = get_int_or(j, "chunk_size", 256, path);
+    c.d_model = json_int(j, "hidden_size", path);
+    c.n_layer = json_int(j, "num_hidden_layers", path);
+    c.vocab = json_int(j, "vocab_size", path);
+    c.d_state = json_int_or(j, "state_size", 128, path);
+    c.d_conv = json_int_or(j, "conv_kernel", 4, path);
+    int64_t expand = json_int_or(j, "expand", 2, path);
+    c.head_dim = json_int_or(j, "head_dim", 64, path);
+    c.n_groups = json_int_or(j, "n_groups", 1, path);
+    c.chunk_size = json_int_or(j, "chunk_size", 256, path);
     c.d_inner = expand * c.d_model;
-    c.n_heads = get_int_or(j, "num_heads", c.head_dim > 0 ? c.d_inner / c.head_dim : 0, path);
+    c.n_heads = json_int_or(j, "num_heads", c.head_dim > 0 ? c.d_inner / c.head_dim : 0, path);
     c.norm_eps = j.contains("layer_norm_epsilon") ? json_float(j["layer_norm_epsilon"], path + ": layer_norm_epsilon")
                                                   : 1e-5;
-    c.tie_embeddings = get_bool_or(j, "tie_word_embeddings", true, path);
-    c.conv_bias = get_bool_or(j, "use_conv_bias", true, path);
-    c.proj_bias = get_bool_or(j, "use_bias", false, path);
+    c.tie_embeddings = json_bool_or(j, "tie_word_embeddings", true, path);
+    c.conv_bias = json_bool_or(j, "use_conv_bias", true, path);
+    c.proj_bias = json_bool_or(j, "use_bias", false, path);
     c.dt_min = 0.0;
     c.dt_max = std::numeric_limits<double>::infinity();
     if (j.contains("time_step_limit") && !j["time_step_limit"].is_null()) {
@@ -466,7 +449,7 @@ Mamba2Config Mamba2Config::from_json(const json& j, const std::string& path) {
       c.dt_min = json_float(tl[0], path + ": time_step_limit");
       c.dt_max = json_float(tl[1], path + ": time_step_limit");
     }
-    if (get_bool_or(j, "rms_norm", true, path) == false)
+    if (json_bool_or(j, "rms_norm", true, path) == false)
       fail("{}: rms_norm=false (LayerNorm Mamba2) is not supported", path);
     c.grouped_norm = false;
   }

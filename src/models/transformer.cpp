@@ -14,23 +14,6 @@ namespace hxq {
 
 namespace {
 
-int64_t get_int(const json& j, const char* key, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) fail("{}: missing \"{}\"", path, key);
-  const auto& v = j[key];
-  if (!v.is_number_integer()) fail("{}: \"{}\" must be an integer, got {}", path, key, v.dump());
-  return v.get<int64_t>();
-}
-
-int64_t get_int_or(const json& j, const char* key, int64_t dflt, const std::string& path) {
-  return j.contains(key) && !j[key].is_null() ? get_int(j, key, path) : dflt;
-}
-
-bool get_bool_or(const json& j, const char* key, bool dflt, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return dflt;
-  if (!j[key].is_boolean()) fail("{}: \"{}\" must be true or false, got {}", path, key, j[key].dump());
-  return j[key].get<bool>();
-}
-
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 inline float dot(const float* a, const float* b, int64_t n) {
@@ -402,19 +385,19 @@ TransformerConfig TransformerConfig::from_json(const json& j, const std::string&
   c.arch = j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>() : "llama";
   if (c.arch != "llama" && c.arch != "qwen2") fail("{}: model_type \"{}\" is not a llama/qwen2 model", path, c.arch);
   const bool qwen = c.arch == "qwen2";
-  c.hidden = get_int(j, "hidden_size", path);
-  c.layers = get_int(j, "num_hidden_layers", path);
-  c.vocab = get_int(j, "vocab_size", path);
-  c.intermediate = get_int(j, "intermediate_size", path);
-  c.heads = get_int(j, "num_attention_heads", path);
-  c.kv_heads = get_int_or(j, "num_key_value_heads", c.heads, path);
-  c.head_dim = get_int_or(j, "head_dim", c.heads > 0 ? c.hidden / c.heads : 0, path);
-  c.max_position = get_int_or(j, "max_position_embeddings", qwen ? 32768 : 2048, path);
+  c.hidden = json_int(j, "hidden_size", path);
+  c.layers = json_int(j, "num_hidden_layers", path);
+  c.vocab = json_int(j, "vocab_size", path);
+  c.intermediate = json_int(j, "intermediate_size", path);
+  c.heads = json_int(j, "num_attention_heads", path);
+  c.kv_heads = json_int_or(j, "num_key_value_heads", c.heads, path);
+  c.head_dim = json_int_or(j, "head_dim", c.heads > 0 ? c.hidden / c.heads : 0, path);
+  c.max_position = json_int_or(j, "max_position_embeddings", qwen ? 32768 : 2048, path);
   c.rms_eps = j.contains("rms_norm_eps") && !j["rms_norm_eps"].is_null()
                   ? json_float(j["rms_norm_eps"], path + ": rms_norm_eps")
                   : 1e-6;
   if (!(c.rms_eps >= 0) || !std::isfinite(c.rms_eps)) fail("{}: rms_norm_eps {} is out of range", path, c.rms_eps);
-  c.tie_embeddings = get_bool_or(j, "tie_word_embeddings", false, path);
+  c.tie_embeddings = json_bool_or(j, "tie_word_embeddings", false, path);
   if (j.contains("hidden_act") && !j["hidden_act"].is_null()) {
     const auto& a = j["hidden_act"];
     if (!a.is_string() || (a != "silu" && a != "swish"))
@@ -423,20 +406,20 @@ TransformerConfig TransformerConfig::from_json(const json& j, const std::string&
   if (qwen) {
     c.qkv_bias = true;  // Qwen2Attention: biased q/k/v, unbiased o_proj
     // Sliding-window layers exist only with use_sliding_window and a sliding_window size.
-    const bool sw = get_bool_or(j, "use_sliding_window", false, path) && j.contains("sliding_window") &&
+    const bool sw = json_bool_or(j, "use_sliding_window", false, path) && j.contains("sliding_window") &&
                     !j["sliding_window"].is_null();
     if (sw) {
       bool any = false;
       if (j.contains("layer_types") && j["layer_types"].is_array()) {
         for (auto& t : j["layer_types"]) any |= t == "sliding_attention";
       } else {
-        any = get_int_or(j, "max_window_layers", 28, path) < c.layers;
+        any = json_int_or(j, "max_window_layers", 28, path) < c.layers;
       }
       if (any) fail("{}: sliding-window attention (use_sliding_window) is not supported", path);
     }
   } else {
-    c.qkv_bias = c.o_bias = get_bool_or(j, "attention_bias", false, path);
-    c.mlp_bias = get_bool_or(j, "mlp_bias", false, path);
+    c.qkv_bias = c.o_bias = json_bool_or(j, "attention_bias", false, path);
+    c.mlp_bias = json_bool_or(j, "mlp_bias", false, path);
   }
   auto positive = [&](int64_t v, const char* what) {
     if (v <= 0 || v > (int64_t(1) << 24)) fail("{}: {} = {} is out of range", path, what, v);
