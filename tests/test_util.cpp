@@ -1,11 +1,15 @@
 #include "test_util.h"
 
+#include "io/safetensors.h"
+
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <cstdlib>
 #include <filesystem>
@@ -103,5 +107,28 @@ void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), std::streamsize(bytes.size()));
 }
+
+std::vector<int32_t> ids_of(const TensorInfo& t) {
+  std::vector<int32_t> v;
+  EXPECT_EQ(t.dtype, DType::I64) << t.name;
+  if (t.dtype != DType::I64) return v;
+  const auto* p = reinterpret_cast<const int64_t*>(t.data);
+  for (int64_t i = 0; i < t.numel(); ++i) v.push_back(int32_t(p[i]));
+  return v;
+}
+
+std::vector<float> floats_of(const TensorInfo& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  to_f32(t.dtype, t.data, v.data(), v.size());
+  return v;
+}
+
+float max_abs_diff(const float* a, const float* b, size_t n) {
+  float m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+int32_t argmax(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
 
 }  // namespace hxq::test

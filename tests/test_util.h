@@ -3,8 +3,13 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
+
+namespace hxq {
+struct TensorInfo;
+}
 
 namespace hxq::test {
 
@@ -21,6 +26,12 @@ struct CliResult {
 CliResult run_cli(const std::vector<std::string>& args);
 
 std::vector<float> read_f32_file(const std::string& path);
+
+// Reference tensors: I64 ids as int32, any float dtype as float32; comparisons.
+std::vector<int32_t> ids_of(const TensorInfo& t);
+std::vector<float> floats_of(const TensorInfo& t);
+float max_abs_diff(const float* a, const float* b, size_t n);
+int32_t argmax(const float* x, int64_t n);
 void write_file(const std::string& path, const std::string& bytes);
 
 }  // namespace hxq::test
