@@ -73,7 +73,7 @@ void add_bench(CLI::App& app) {
     apply_threads(o->threads);
     const size_t membw_bytes = size_t(o->membw_mb * double(1 << 20));
     if (o->membw_only) {
-      const double bw = membw_bytes ? measure_read_bandwidth_gbps(membw_bytes, pool(), o->b.repeats < 3 ? 7 : o->b.repeats) : 0.0;
+      const double bw = membw_bytes ? measure_read_bandwidth_gbps(membw_bytes, pool(), std::max(7, o->b.repeats)) : 0.0;
       const double fma = measure_peak_fma_gflops(pool(), kernel_isa());
       if (o->json) {
         nlohmann::json j{{"threads", pool().size()}, {"isa", std::string(isa_name(kernel_isa()))},
