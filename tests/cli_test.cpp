@@ -156,3 +156,51 @@ TEST(CliGenerate, UsageErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CliPerplexity, JsonWindowsAndUsage) {
+  HXQ_REQUIRE_DATA("models/stories260K-hf/model.safetensors");
+  const auto mdir = test::data_path("models/stories260K-hf");
+  auto dir = test::temp_dir("cli-ppl");
+  test::write_file(dir + "/t.txt", "Once upon a time, there was a little girl named Lily. She loved to play outside. "
+                                   "One day she saw a big red ball in the park and ran to get it.");
+  // --max-tokens smaller than --ctx: one window scoring every token after the first
+  auto r = run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--ctx", "512", "--max-tokens", "20", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"scored_tokens\":19"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"windows\":[[0,20,"), std::string::npos) << r.out;
+  EXPECT_TRUE(r.err.empty()) << r.err;  // --json keeps stderr quiet
+  // stride == ctx: disjoint windows, their first tokens unscored
+  r = run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--ctx", "8", "--stride", "8", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"windows\":[[0,8,"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[8,16,"), std::string::npos) << r.out;
+  // usage errors
+  EXPECT_EQ(run_cli({"perplexity", "-m", mdir}).code, 2);
+  EXPECT_EQ(run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--ids-file", dir + "/t.txt"}).code, 2);
+  EXPECT_EQ(run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--ctx", "8", "--stride", "9"}).code, 2);
+  EXPECT_EQ(run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--protocol", "nope"}).code, 2);
+  // llama.cpp protocol needs at least one chunk
+  r = run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--protocol", "llamacpp"});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("t.txt"), std::string::npos) << r.err;
+  // missing text file
+  r = run_cli({"perplexity", "-m", mdir, "-f", dir + "/missing.txt"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("missing.txt"), std::string::npos) << r.err;
+}
+
+TEST(CliKl, IdenticalModelsAgree) {
+  HXQ_REQUIRE_DATA("models/stories260K-hf/model.safetensors");
+  const auto mdir = test::data_path("models/stories260K-hf");
+  auto dir = test::temp_dir("cli-kl");
+  test::write_file(dir + "/t.txt", "Once upon a time, there was a little girl named Lily. She loved to play outside.");
+  auto r = run_cli({"kl", "-m", mdir, "--other", mdir, "-f", dir + "/t.txt", "--ctx", "16", "--stride", "8", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"kl_mean\":0.0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"top1_agreement\":1.0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"delta_ppl_percent\":0.0"), std::string::npos) << r.out;
+}
+
+}  // namespace

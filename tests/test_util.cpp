@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 extern char** environ;
@@ -27,12 +28,33 @@ std::string data_path(const std::string& rel) { return data_dir() + "/" + rel; }
 
 bool have_data(const std::string& rel) { return fs::exists(data_path(rel)); }
 
+namespace {
+// Removes every directory temp_dir() handed out when the test program exits.
+struct TempDirs {
+  std::mutex mu;
+  std::vector<fs::path> dirs;
+  ~TempDirs() {
+    std::error_code ec;
+    for (auto& d : dirs) fs::remove_all(d, ec);
+  }
+};
+TempDirs& temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+}  // namespace
+
 std::string temp_dir(const std::string& tag) {
   static std::atomic<int> counter{0};
+  auto& reg = temp_dirs();
   auto base = fs::temp_directory_path() /
               ("hxq-test-" + std::to_string(::getpid()) + "-" + tag + "-" + std::to_string(counter++));
   fs::remove_all(base);
   fs::create_directories(base);
+  {
+    std::lock_guard<std::mutex> lk(reg.mu);
+    reg.dirs.push_back(base);
+  }
   return base.string();
 }
 

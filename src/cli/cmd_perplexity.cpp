@@ -94,7 +94,10 @@ void add_perplexity(CLI::App& app) {
     auto model = load_model(o->model);
     int64_t total = 0;
     for (auto& w : p.windows) total += w.count();
-    Progress bar("perplexity", uint64_t(total), {.mode = o->json ? ProgressMode::Silent : ProgressMode::Auto, .unit = "tok"});
+    ProgressOptions po;
+    po.mode = o->json ? ProgressMode::Silent : ProgressMode::Auto;
+    po.unit = "tok";
+    Progress bar("perplexity", uint64_t(total), po);
     auto r = perplexity(*model, p.ids, p.windows, p.bos, [&](size_t, size_t, int64_t scored, double ppl) {
       bar.set_suffix(fmt::format("PPL {:.4f}", ppl));
       bar.set_done(uint64_t(scored));
@@ -127,7 +130,10 @@ void add_kl(CLI::App& app) {
     auto oth = load_model(*other);
     int64_t total = 0;
     for (auto& w : p.windows) total += w.count();
-    Progress bar("kl", uint64_t(total), {.mode = o->json ? ProgressMode::Silent : ProgressMode::Auto, .unit = "tok"});
+    ProgressOptions po;
+    po.mode = o->json ? ProgressMode::Silent : ProgressMode::Auto;
+    po.unit = "tok";
+    Progress bar("kl", uint64_t(total), po);
     auto k = kl_divergence(*base, *oth, p.ids, p.windows, p.bos, [&](size_t, size_t, int64_t scored, double) {
       bar.set_done(uint64_t(scored));
     });

@@ -5,12 +5,15 @@
 
 namespace hxq::cli {
 
-void add_bench(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_logits(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_kl(CLI::App& app);
 void add_synth(CLI::App& app);
+void add_compress(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_decompress(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace hxq::cli

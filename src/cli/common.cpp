@@ -19,7 +19,7 @@ std::vector<int32_t> read_ids_file(const std::string& path) {
   if (bytes.size() % 4 != 0)
     fail("{}: size {} is not a multiple of 4 (expected little-endian int32 token ids)", path, bytes.size());
   std::vector<int32_t> ids(bytes.size() / 4);
-  std::memcpy(ids.data(), bytes.data(), bytes.size());
+  if (!ids.empty()) std::memcpy(ids.data(), bytes.data(), bytes.size());
   return ids;
 }
 

@@ -11,6 +11,9 @@ int main(int argc, char** argv) {
   CLI::App app{"hxq: calibration-free HXQ weight compression and inference for language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "hxq 0.1.0");
+  hxq::cli::add_compress(app);
+  hxq::cli::add_decompress(app);
+  hxq::cli::add_inspect(app);
   hxq::cli::add_generate(app);
   hxq::cli::add_logits(app);
   hxq::cli::add_tokenize(app);

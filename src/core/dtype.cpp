@@ -83,7 +83,7 @@ uint16_t f32_to_f16(float f) {
 void to_f32(DType t, const void* src, float* dst, size_t n) {
   switch (t) {
     case DType::F32:
-      std::memcpy(dst, src, n * 4);
+      if (n) std::memcpy(dst, src, n * 4);
       return;
     case DType::BF16: {
       auto* s = static_cast<const uint16_t*>(src);

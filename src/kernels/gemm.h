@@ -7,6 +7,11 @@
 
 namespace hxq {
 
+// X [T, K] and Y [T, N] are row-major float32 and must not overlap. Runs on the global pool with
+// the instruction set of kernel_isa() (kernels/cpu_features.h): few rows of X stream W once
+// (matvec, memory-bound), many rows go through packed panels and a register-blocked FMA
+// micro-kernel (compute-bound). Each output is one fixed-order float32 sum, so results do not
+// depend on the thread count. Throws hxq::Error for another dtype or negative sizes.
 void gemm_dense(const float* X, int64_t T, int64_t K, const void* W, DType wdt, int64_t N, float* Y);
 
 }  // namespace hxq

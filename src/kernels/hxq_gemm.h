@@ -17,6 +17,9 @@ struct HxqView {
   const float* sc_delta = nullptr;
 };
 
+// Y [T, rows] = X [T, cols] · Wᵀ (+ sidecar), row-major float32, not overlapping. The codebook
+// values are used exactly (float32); same regimes, threading and ISA dispatch as gemm_dense.
+// A sidecar with decreasing row pointers or a column outside [0, cols) throws hxq::Error.
 void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y);
 
 }  // namespace hxq

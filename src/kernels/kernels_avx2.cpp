@@ -275,12 +275,16 @@ void hxq_pack_w(const HxqView& wv, int64_t n0, int64_t n, float* dst) {
   });
 }
 
+// Accumulators are only ever indexed by unrolled constants (GCC otherwise keeps the arrays in
+// memory and stores them every k step: 40% -> 86% of one Zen 4 core's peak, T = 512).
 template <int M>
 void micro_t(const float* A, const float* B, int64_t kc, float* C, int64_t ldc, int n, bool accumulate) {
   __m256 c0[M], c1[M];
+#pragma GCC unroll 16
   for (int m = 0; m < M; ++m) c0[m] = c1[m] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(B + k * kNR), b1 = _mm256_load_ps(B + k * kNR + 8);
+#pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       const __m256 a = _mm256_broadcast_ss(A + k * kMR + m);
       c0[m] = _mm256_fmadd_ps(a, b0, c0[m]);
@@ -288,6 +292,7 @@ void micro_t(const float* A, const float* B, int64_t kc, float* C, int64_t ldc, 
     }
   }
   if (n == kNR) {
+#pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       float* c = C + m * ldc;
       if (accumulate) {
@@ -299,12 +304,15 @@ void micro_t(const float* A, const float* B, int64_t kc, float* C, int64_t ldc, 
     }
     return;
   }
+  alignas(32) float tmp[M][16];
+#pragma GCC unroll 16
   for (int m = 0; m < M; ++m) {
-    alignas(32) float tmp[16];
-    _mm256_store_ps(tmp, c0[m]);
-    _mm256_store_ps(tmp + 8, c1[m]);
+    _mm256_store_ps(tmp[m], c0[m]);
+    _mm256_store_ps(tmp[m] + 8, c1[m]);
+  }
+  for (int m = 0; m < M; ++m) {
     float* c = C + m * ldc;
-    for (int j = 0; j < n; ++j) c[j] = accumulate ? c[j] + tmp[j] : tmp[j];
+    for (int j = 0; j < n; ++j) c[j] = accumulate ? c[j] + tmp[m][j] : tmp[m][j];
   }
 }
 
@@ -327,9 +335,11 @@ uint64_t read_sum(const void* p, size_t bytes) {
   __m256i acc[8];
   for (auto& a : acc) a = _mm256_setzero_si256();
   size_t i = 0;
-  for (; i + 256 <= bytes; i += 256)
+  for (; i + 256 <= bytes; i += 256) {
+    for (int j = 0; j < 4; ++j) _mm_prefetch(c + i + 8192 + 64 * j, _MM_HINT_T1);  // see kernels_avx512.cpp
     for (int j = 0; j < 8; ++j)
       acc[j] = _mm256_add_epi64(acc[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32 * j)));
+  }
   for (int j = 1; j < 8; ++j) acc[0] = _mm256_add_epi64(acc[0], acc[j]);
   alignas(32) uint64_t lanes[4];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[0]);

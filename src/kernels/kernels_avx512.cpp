@@ -224,10 +224,12 @@ void dense_decode(const float* Xp, int64_t T, int64_t K, const void* W, DType wd
   }
 }
 
+// Two rows per tile: with T = 4 and K = 4096 the four rows of Xp (64 KiB) live in L2, and one
+// row per tile re-read them at ~40 B/cycle (measured 6.5 -> 8.5 G weights/s on one core).
 void hxq_decode(const float* Xp, int64_t T, const HxqView& w, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   const HxqTables tb(w.codebook);
   const int64_t K = w.cols;
-  decode_rows<1>([&](int64_t n) { return LoadHxq{w.indices + n * K, K, &tb}; }, T, K, Xp, n0, n1, Y, ldy);
+  decode_rows<2>([&](int64_t n) { return LoadHxq{w.indices + n * K, K, &tb}; }, T, K, Xp, n0, n1, Y, ldy);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,10 +393,17 @@ uint64_t read_sum(const void* p, size_t bytes) {
   __m512i acc[8];
   for (auto& a : acc) a = _mm512_setzero_si512();
   size_t i = 0;
-  for (; i + 512 <= bytes; i += 512)
+  // Software prefetch into L2 8 KiB ahead, as the streaming kernels do: the baseline must not
+  // be below what the kernels themselves can pull (measured +5-10% on one core).
+  for (; i + 512 <= bytes; i += 512) {
+    for (int j = 0; j < 8; ++j) _mm_prefetch(c + i + 8192 + 64 * j, _MM_HINT_T1);
     for (int j = 0; j < 8; ++j) acc[j] = _mm512_add_epi64(acc[j], _mm512_loadu_si512(c + i + 64 * j));
+  }
   for (int j = 1; j < 8; ++j) acc[0] = _mm512_add_epi64(acc[0], acc[j]);
-  uint64_t s = uint64_t(_mm512_reduce_add_epi64(acc[0]));
+  alignas(64) uint64_t lanes[8];  // (_mm512_reduce_add_epi64 adds signed: overflow is UB)
+  _mm512_store_si512(lanes, acc[0]);
+  uint64_t s = 0;
+  for (uint64_t l : lanes) s += l;
   for (; i < bytes; ++i) s += uint8_t(c[i]);
   return s;
 }

@@ -1,5 +1,6 @@
 #include "kernels/linear.h"
 
+#include "codec/hxq_weight.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
@@ -29,8 +30,38 @@ Linear Linear::dense(const TensorInfo& w, const TensorInfo* bias) {
   return l;
 }
 
+Linear Linear::hxq(const TensorStore& store, const std::string& module, int64_t out, int64_t in) {
+  auto w = HxqWeight::load(store, module, out, in);
+  std::vector<float> bias;
+  if (const TensorInfo* b = store.find(module + ".bias")) {
+    if (b->shape.size() != 1 || b->numel() != w->rows())
+      fail("{}: tensor '{}': bias shape {} does not match {} outputs", b->file, b->name, b->shape_str(), w->rows());
+    if (b->dtype != DType::F32 && b->dtype != DType::F16 && b->dtype != DType::BF16)
+      fail("{}: tensor '{}': unsupported bias dtype {}", b->file, b->name, dtype_name(b->dtype));
+    bias.resize(size_t(w->rows()));
+    to_f32(b->dtype, b->data, bias.data(), bias.size());
+  }
+  return hxq(std::move(w), std::move(bias));
+}
+
+Linear Linear::hxq(std::shared_ptr<const HxqWeight> w, std::vector<float> bias) {
+  if (!w) fail("Linear::hxq: null weight");
+  if (!bias.empty() && int64_t(bias.size()) != w->rows())
+    fail("Linear::hxq: bias has {} entries for {} outputs", bias.size(), w->rows());
+  Linear l;
+  l.kind_ = Kind::Hxq;
+  l.out_ = w->rows();
+  l.in_ = w->cols();
+  l.dtype_ = DType::F32;
+  l.data_ = nullptr;
+  l.bias_ = std::move(bias);
+  l.hxq_ = std::move(w);
+  return l;
+}
+
 void Linear::forward(const float* X, int64_t T, float* Y) const {
-  gemm_dense(X, T, in_, data_, dtype_, out_, Y);
+  if (kind_ == Kind::Hxq) hxq_->forward(X, T, Y);
+  else gemm_dense(X, T, in_, data_, dtype_, out_, Y);
   if (!bias_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t o = 0; o < out_; ++o) Y[t * out_ + o] += bias_[size_t(o)];
@@ -38,9 +69,13 @@ void Linear::forward(const float* X, int64_t T, float* Y) const {
 
 void Linear::row(int64_t r, float* out) const {
   if (r < 0 || r >= out_) fail("row {} out of range [0, {})", r, out_);
+  if (kind_ == Kind::Hxq) return hxq_->row(r, out);
   to_f32(dtype_, static_cast<const char*>(data_) + size_t(r * in_) * dtype_size(dtype_), out, size_t(in_));
 }
 
-size_t Linear::weight_bytes() const { return size_t(in_ * out_) * dtype_size(dtype_); }
+size_t Linear::weight_bytes() const {
+  if (kind_ == Kind::Hxq) return hxq_->bytes();
+  return size_t(in_ * out_) * dtype_size(dtype_);
+}
 
 }  // namespace hxq

@@ -11,6 +11,8 @@
 namespace hxq {
 
 struct TensorInfo;
+class TensorStore;
+class HxqWeight;
 
 class Linear {
  public:
@@ -19,12 +21,20 @@ class Linear {
   Linear() = default;
   // Dense weight [out, in] (F32, F16 or BF16), optional bias [out] (any float dtype).
   static Linear dense(const TensorInfo& w, const TensorInfo* bias = nullptr);
+  // HXQ module M (tensor name minus ".weight") of the store: M.codebook, M.indices, optional
+  // sidecar and M.bias — every stored variant (see codec/hxq_weight.h). `out`/`in` = the layer's
+  // expected shape (-1: take it from the indices; required for 12-bit packed indices).
+  // U8 indices stay a view into the file mapping. Throws Error naming the file and tensor.
+  static Linear hxq(const TensorStore& store, const std::string& module, int64_t out = -1, int64_t in = -1);
+  // From an already-loaded HXQ weight (e.g. codec's encode() output via HxqWeight::from_tensor).
+  static Linear hxq(std::shared_ptr<const HxqWeight> w, std::vector<float> bias = {});
 
   Kind kind() const { return kind_; }
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
-  DType dtype() const { return dtype_; }
-  const void* data() const { return data_; }
+  DType dtype() const { return dtype_; }  // dense storage dtype (F32 for HXQ)
+  const void* data() const { return data_; }  // dense storage (nullptr for HXQ)
+  const HxqWeight* hxq_weight() const { return hxq_.get(); }  // nullptr for dense
   bool has_bias() const { return !bias_.empty(); }
 
   // Y[T, out] = X[T, in] · Wᵀ (+ bias). X and Y are row-major float32.
@@ -40,6 +50,7 @@ class Linear {
   DType dtype_ = DType::F32;
   const void* data_ = nullptr;
   std::vector<float> bias_;
+  std::shared_ptr<const HxqWeight> hxq_;
 };
 
 }  // namespace hxq

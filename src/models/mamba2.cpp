@@ -122,15 +122,15 @@ class Mamba2Model final : public Model {
   Mamba2Model(const std::string& dir, Mamba2Config cfg) : cfg_(std::move(cfg)), store_(TensorStore::open(dir)) {
     const auto& c = cfg_;
     const std::string loc = store_.location();
-    std::string emb_name = store_.contains("backbone.embeddings.weight") ? "backbone.embeddings.weight"
-                                                                         : "backbone.embedding.weight";
-    if (!store_.contains(emb_name) && !is_hxq_module(store_, strip_weight(emb_name)))
-      emb_name = "backbone.embedding.weight";
-    embedding_ = load_linear(store_, strip_weight(emb_name));
+    auto present = [&](const std::string& m) { return store_.contains(m + ".weight") || is_hxq_module(store_, m); };
+    // transformers names it backbone.embeddings, mamba_ssm and helix-substrate backbone.embedding
+    const std::string emb = present("backbone.embeddings") ? "backbone.embeddings" : "backbone.embedding";
+    if (!present(emb)) fail("{}: missing tensor 'backbone.embeddings.weight' (or 'backbone.embedding.weight')", loc);
+    embedding_ = load_linear(store_, emb);
     if (embedding_.out_features() < c.vocab || embedding_.in_features() != c.d_model)
       fail("{}: embedding shape [{}, {}] does not match vocab_size {} / hidden_size {}", loc,
            embedding_.out_features(), embedding_.in_features(), c.vocab, c.d_model);
-    bool has_head = store_.contains("lm_head.weight") || is_hxq_module(store_, "lm_head");
+    const bool has_head = present("lm_head");
     if (has_head) {
       lm_head_ = load_linear(store_, "lm_head");
       separate_head_ = true;

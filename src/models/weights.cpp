@@ -4,20 +4,15 @@
 
 namespace hxq {
 
-std::string strip_weight(const std::string& n) {
-  const std::string suf = ".weight";
-  if (n.size() > suf.size() && n.compare(n.size() - suf.size(), suf.size(), suf) == 0)
-    return n.substr(0, n.size() - suf.size());
-  return n;
-}
-
-bool is_hxq_module(const TensorStore& store, const std::string& m) {
-  return store.contains(m + ".codebook") && store.contains(m + ".indices");
-}
-
 Linear load_linear(const TensorStore& store, const std::string& m, bool bias) {
+  if (is_hxq_module(store, m)) {
+    if (store.contains(m + ".weight"))
+      fail("{}: module '{}' has both a dense weight and HXQ tensors", store.location(), m);
+    Linear l = Linear::hxq(store, m);
+    if (!bias && l.has_bias()) fail("{}: module '{}' has a bias this architecture does not use", store.location(), m);
+    return l;
+  }
   const TensorInfo* b = bias ? store.find(m + ".bias") : nullptr;
-  if (is_hxq_module(store, m)) fail("{}: '{}' is HXQ-compressed; HXQ layers are not supported yet", store.location(), m);
   return Linear::dense(store.get(m + ".weight"), b);
 }
 

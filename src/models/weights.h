@@ -5,14 +5,11 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "codec/hxq_weight.h"
 #include "kernels/linear.h"
 
 namespace hxq {
 
-std::string strip_weight(const std::string& tensor_name);  // "a.b.weight" -> "a.b"
-
-// True when the checkpoint stores module `m` in any supported form (m.weight or HXQ tensors).
-bool is_hxq_module(const TensorStore& store, const std::string& m);
 
 // Linear layer `m` (dense `m.weight` or HXQ `m.codebook`/`m.indices`/...), with `m.bias` when
 // `bias` is true and the checkpoint has it.

@@ -1,0 +1,205 @@
+// `hxq compress` (HXQ-encode a checkpoint) and `hxq inspect` (summarise any checkpoint).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "codec/compress.h"
+#include "codec/hxq_config.h"
+#include "codec/hxq_weight.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "io/safetensors.h"
+#include "models/model.h"
+
+namespace hxq::cli {
+
+namespace {
+
+std::string human_bytes(double b) {
+  const char* u[] = {"B", "KB", "MB", "GB", "TB"};
+  int i = 0;
+  while (b >= 1000 && i < 4) {
+    b /= 1000;
+    ++i;
+  }
+  return i ? fmt::format("{:.2f} {}", b, u[i]) : fmt::format("{:.0f} {}", b, u[i]);
+}
+
+void print_receipt(const CompressReceipt& r) {
+  auto j = r.to_json();
+  std::printf("compressed %s -> %s\n", r.input.c_str(), r.output.c_str());
+  std::printf("  codec            : codebook %s, sidecar %s%s\n", r.codebook.c_str(), r.sidecar.c_str(),
+              r.sidecar == "error" ? fmt::format(" (fraction {:g})", r.sidecar_fraction).c_str() : "");
+  std::printf("  modules          : %zu compressed, %lld exact tensors, %lld keys\n", r.modules.size(),
+              (long long)r.exact_tensors, (long long)r.total_keys);
+  std::printf("  size             : %s -> %s (ratio %.3f)\n", human_bytes(double(r.input_bytes)).c_str(),
+              human_bytes(double(r.output_bytes)).c_str(), r.ratio());
+  std::printf("  sidecar          : %lld exact values (%.4f %% of compressed weights)\n", (long long)r.sidecar_entries(),
+              r.compressed_weights ? 100.0 * double(r.sidecar_entries()) / double(r.compressed_weights) : 0.0);
+  std::printf("  bits/weight      : %.4f (compressed tensors: codebook + indices + sidecar)\n", r.bits_per_weight());
+  auto db = [](const json& v) { return v.is_number() ? fmt::format("{:.2f}", v.get<double>()) : v.dump(); };
+  std::printf("  SQNR             : min %s dB, median %s dB; max |error| %.3g\n", db(j["sqnr_db_min"]).c_str(),
+              db(j["sqnr_db_median"]).c_str(), j["max_abs_err"].get<double>());
+  std::printf("  time             : %.2f s (%.1f MB/s of input)\n", r.seconds, r.mb_per_s());
+}
+
+}  // namespace
+
+void add_compress(CLI::App& app) {
+  struct Opts {
+    std::string in, out, codebook = "optimal", sidecar = "error";
+    double fraction = kDefaultSidecarFraction, shard_gb = 4.0;
+    bool embeddings = false, overwrite = false, json = false, no_fsync = false;
+    std::vector<std::string> only, skip;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("compress", "Compress a checkpoint's linear layers to HXQ (calibration-free)");
+  sub->add_option("input", o->in, "Input model directory (Hugging Face: config.json + safetensors)")->required();
+  sub->add_option("output", o->out, "Output directory (written atomically)")->required();
+  sub->add_option("--codebook", o->codebook, "optimal (exact 1-D k-means, default) or lloyd (helix-substrate's)")
+      ->check(CLI::IsMember({"optimal", "lloyd"}));
+  sub->add_option("--sidecar", o->sidecar, "error (largest reconstruction errors, default), magnitude (helix-substrate's) or none")
+      ->check(CLI::IsMember({"error", "magnitude", "none"}));
+  sub->add_option("--sidecar-fraction", o->fraction, "Error sidecar budget as a fraction of each tensor's weights (default 0.001; capped at 8.1 bits/weight)")
+      ->check(CLI::Range(0.0, 0.05));
+  sub->add_flag("--embeddings", o->embeddings, "Also compress the token embedding (and an untied lm_head)");
+  sub->add_option("--only", o->only, "Compress only modules matching these globs (e.g. '*.in_proj')");
+  sub->add_option("--skip", o->skip, "Never compress modules matching these globs");
+  sub->add_option("--shard-gb", o->shard_gb, "Shard the output above this size in GB (default 4)")->check(CLI::Range(0.001, 1e6));
+  sub->add_flag("--overwrite", o->overwrite, "Replace an existing output checkpoint");
+  sub->add_flag("--no-fsync", o->no_fsync, "Skip fsync of the output (faster; less safe on power loss)");
+  sub->add_flag("--json", o->json, "Print the receipt as JSON");
+  add_threads_option(sub, o->threads);
+  sub->callback([o] {
+    apply_threads(o->threads);
+    CompressOptions co;
+    co.encode.codebook = o->codebook == "lloyd" ? CodebookMethod::Lloyd : CodebookMethod::Optimal;
+    co.encode.sidecar = o->sidecar == "magnitude" ? SidecarMethod::Magnitude
+                        : o->sidecar == "none"    ? SidecarMethod::None
+                                                  : SidecarMethod::Error;
+    co.encode.sidecar_fraction = o->fraction;
+    co.embeddings = o->embeddings;
+    co.only = o->only;
+    co.skip = o->skip;
+    co.max_shard_bytes = uint64_t(o->shard_gb * 1e9);
+    co.overwrite = o->overwrite;
+    co.fsync = !o->no_fsync;
+    ProgressOptions po;
+    po.mode = o->json ? ProgressMode::Silent : ProgressMode::Auto;
+    po.unit = "B";
+    Progress bar("compress", 0, po);
+    auto r = compress_checkpoint(o->in, o->out, co, [&](uint64_t done, uint64_t total, const std::string& m) {
+      bar.set_total(total);
+      bar.set_done(done);
+      bar.set_suffix(m);
+    });
+    bar.set_suffix("");
+    bar.finish();
+    if (o->json)
+      std::printf("%s\n", r.to_json().dump().c_str());
+    else
+      print_receipt(r);
+  });
+}
+
+void add_decompress(CLI::App& app) {
+  struct Opts {
+    std::string in, out;
+    bool overwrite = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("decompress", "Write a dense F32 copy of an HXQ checkpoint (decoded weights)");
+  sub->add_option("input", o->in, "HXQ model directory")->required();
+  sub->add_option("output", o->out, "Output directory (written atomically)")->required();
+  sub->add_flag("--overwrite", o->overwrite, "Replace an existing output checkpoint");
+  sub->callback([o] {
+    decompress_checkpoint(o->in, o->out, o->overwrite);
+    std::printf("decompressed %s -> %s\n", o->in.c_str(), o->out.c_str());
+  });
+}
+
+void add_inspect(CLI::App& app) {
+  struct Opts {
+    std::string dir;
+    bool json = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("inspect", "Summarise a checkpoint (dense or HXQ)");
+  sub->add_option("dir", o->dir, "Model directory")->required();
+  sub->add_flag("--json", o->json, "Print JSON");
+  sub->callback([o] {
+    json cfg = load_config(o->dir);
+    auto q = parse_hxq_config(cfg, o->dir + "/config.json");
+    auto store = TensorStore::open(o->dir);
+    if (q) check_hxq_modules(*q, store, o->dir);
+    std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype;  // count, bytes
+    int64_t params_dense = 0;
+    for (auto& n : store.names()) {
+      const auto& t = store.get(n);
+      auto& e = by_dtype[std::string(dtype_name(t.dtype))];
+      e.first++;
+      e.second += t.nbytes;
+    }
+    int64_t hxq_weights = 0, sidecar = 0;
+    uint64_t hxq_bytes = 0;
+    std::set<std::string> hxq_tensors;
+    if (q)
+      for (auto& m : q->compressed_modules) {
+        auto w = HxqWeight::load(store, m);
+        hxq_weights += w->rows() * w->cols();
+        sidecar += w->sidecar_count();
+        for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values"})
+          if (auto* t = store.find(m + suf)) {
+            hxq_bytes += t->nbytes;
+            hxq_tensors.insert(m + suf);
+          }
+      }
+    for (auto& n : store.names())
+      if (!hxq_tensors.count(n)) {
+        const auto& t = store.get(n);
+        if (t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16) params_dense += t.numel();
+      }
+    std::string type = cfg.contains("model_type") && cfg["model_type"].is_string() ? cfg["model_type"].get<std::string>() : "?";
+    json j{{"dir", o->dir},
+           {"model_type", type},
+           {"format", q ? "hxq" : "dense"},
+           {"files", store.files().size()},
+           {"total_keys", store.names().size()},
+           {"file_bytes", store.total_bytes()},
+           {"dense_params", params_dense},
+           {"hxq_modules", q ? q->compressed_modules.size() : 0},
+           {"hxq_weights", hxq_weights},
+           {"hxq_bytes", hxq_bytes},
+           {"hxq_bits_per_weight", hxq_weights ? 8.0 * double(hxq_bytes) / double(hxq_weights) : 0.0},
+           {"sidecar_entries", sidecar}};
+    if (q) j["quant_method"] = q->quant_method;
+    json dt = json::object();
+    for (auto& [k, v] : by_dtype) dt[k] = {{"tensors", v.first}, {"bytes", v.second}};
+    j["dtypes"] = dt;
+    if (o->json) {
+      std::printf("%s\n", j.dump().c_str());
+      return;
+    }
+    std::printf("%s: %s checkpoint, model_type %s\n", o->dir.c_str(), q ? ("HXQ (" + q->quant_method + ")").c_str() : "dense",
+                type.c_str());
+    std::printf("  files            : %zu safetensors, %zu keys, %s\n", store.files().size(), store.names().size(),
+                human_bytes(double(store.total_bytes())).c_str());
+    for (auto& [k, v] : by_dtype)
+      std::printf("  %-17s: %lld tensors, %s\n", k.c_str(), (long long)v.first, human_bytes(double(v.second)).c_str());
+    std::printf("  dense parameters : %.3fM\n", double(params_dense) / 1e6);
+    if (q)
+      std::printf("  HXQ modules      : %zu, %.3fM weights in %s (%.4f bits/weight), %lld sidecar entries\n",
+                  q->compressed_modules.size(), double(hxq_weights) / 1e6, human_bytes(double(hxq_bytes)).c_str(),
+                  hxq_weights ? 8.0 * double(hxq_bytes) / double(hxq_weights) : 0.0, (long long)sidecar);
+  });
+}
+
+}  // namespace hxq::cli

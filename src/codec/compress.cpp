@@ -1,0 +1,273 @@
+#include "codec/compress.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "codec/hxq_config.h"
+#include "codec/hxq_weight.h"
+#include "core/error.h"
+#include "core/output.h"
+#include "io/checkpoint_writer.h"
+#include "io/safetensors.h"
+#include "models/model.h"
+
+namespace hxq {
+
+namespace fs = std::filesystem;
+
+bool glob_match(std::string_view p, std::string_view s) {
+  size_t pi = 0, si = 0, star = std::string_view::npos, mark = 0;
+  while (si < s.size()) {
+    if (pi < p.size() && (p[pi] == '?' || p[pi] == s[si])) {
+      ++pi;
+      ++si;
+    } else if (pi < p.size() && p[pi] == '*') {
+      star = pi++;
+      mark = si;
+    } else if (star != std::string_view::npos) {
+      pi = star + 1;
+      si = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.size() && p[pi] == '*') ++pi;
+  return pi == p.size();
+}
+
+namespace {
+
+bool ends_with(std::string_view s, std::string_view suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+bool is_embedding(const std::string& n) {
+  return n.find("embed") != std::string::npos || n.find("wte") != std::string::npos ||
+         n.find("lm_head") != std::string::npos;
+}
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+void copy_side_files(const std::string& in_dir, const std::string& out_tmp);
+
+}  // namespace
+
+bool is_default_linear(const std::string& name, const std::vector<int64_t>& shape, bool embeddings) {
+  if (shape.size() != 2 || !ends_with(name, ".weight")) return false;
+  if (name.find("norm") != std::string::npos) return false;
+  if (is_embedding(name)) return embeddings;
+  return true;
+}
+
+json CompressReceipt::to_json() const {
+  std::vector<double> sq;
+  double max_err = 0;
+  for (auto& m : modules) {
+    sq.push_back(m.sqnr_db);
+    max_err = std::max(max_err, m.max_abs_err);
+  }
+  std::sort(sq.begin(), sq.end());
+  json mods = json::array();
+  for (auto& m : modules)
+    mods.push_back({{"module", m.module}, {"shape", {m.rows, m.cols}}, {"source_dtype", m.source_dtype},
+                    {"sidecar", m.sidecar}, {"bits_per_weight", m.bits_per_weight},
+                    {"sqnr_db", std::isfinite(m.sqnr_db) ? json(m.sqnr_db) : json("inf")},
+                    {"max_abs_err", m.max_abs_err}, {"seconds", m.seconds}});
+  auto finite_or = [](double v) { return std::isfinite(v) ? json(v) : json("inf"); };
+  return {{"input", input},
+          {"output", output},
+          {"codebook", codebook},
+          {"sidecar", sidecar},
+          {"sidecar_fraction", sidecar_fraction},
+          {"modules_compressed", modules.size()},
+          {"sidecar_entries", sidecar_entries()},
+          {"exact_tensors", exact_tensors},
+          {"total_keys", total_keys},
+          {"input_bytes", input_bytes},
+          {"output_bytes", output_bytes},
+          {"ratio", ratio()},
+          {"bits_per_weight", bits_per_weight()},
+          {"sqnr_db_min", sq.empty() ? json(nullptr) : finite_or(sq.front())},
+          {"sqnr_db_median", sq.empty() ? json(nullptr) : finite_or(sq[sq.size() / 2])},
+          {"max_abs_err", max_err},
+          {"seconds", seconds},
+          {"mb_per_s", mb_per_s()},
+          {"modules", mods}};
+}
+
+CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string& out_dir, const CompressOptions& opt,
+                                    const CompressProgress& progress) {
+  auto t0 = std::chrono::steady_clock::now();
+  json cfg = load_config(in_dir);
+  const std::string cfg_path = (fs::path(in_dir) / "config.json").string();
+  if (cfg.contains("quantization_config"))
+    fail("{}: already has a quantization_config (the checkpoint is compressed already)", cfg_path);
+  auto store = TensorStore::open(in_dir);
+  AtomicOutputDir out(out_dir, opt.overwrite, {in_dir});
+
+  CompressReceipt rc;
+  rc.input = in_dir;
+  rc.output = out_dir;
+  rc.codebook = opt.encode.codebook == CodebookMethod::Optimal ? "optimal" : "lloyd";
+  rc.sidecar = opt.encode.sidecar == SidecarMethod::Error ? "error"
+               : opt.encode.sidecar == SidecarMethod::Magnitude ? "magnitude" : "none";
+  rc.sidecar_fraction = opt.encode.sidecar == SidecarMethod::Error ? opt.encode.sidecar_fraction : 0.0;
+  rc.input_bytes = store.total_bytes();
+
+  // Plan: which tensors become HXQ modules.
+  auto names = store.names();
+  std::vector<std::string> chosen;
+  uint64_t work_total = 0;
+  for (auto& n : names) {
+    const auto& t = store.get(n);
+    work_total += t.nbytes;
+    const std::string m = ends_with(n, ".weight") ? n.substr(0, n.size() - 7) : n;
+    bool pick = is_default_linear(n, t.shape, opt.embeddings);
+    if (!opt.only.empty()) {
+      pick = t.shape.size() == 2 && ends_with(n, ".weight") &&
+             std::any_of(opt.only.begin(), opt.only.end(), [&](auto& g) { return glob_match(g, m); });
+    }
+    if (std::any_of(opt.skip.begin(), opt.skip.end(), [&](auto& g) { return glob_match(g, m); })) pick = false;
+    if (pick && !is_float(t.dtype)) fail("{}: tensor '{}' has dtype {}; only float weights can be compressed",
+                                         t.file, n, dtype_name(t.dtype));
+    if (pick) chosen.push_back(n);
+  }
+  if (chosen.empty()) fail("{}: no tensor selected for compression (check --only / --skip)", in_dir);
+
+  size_t name_bytes = 0;
+  for (auto& n : names) name_bytes += n.size() + 24;
+  CheckpointWriterOptions wo;
+  wo.fsync = opt.fsync;
+  wo.header_reserve = SafetensorsWriter::header_estimate(names.size() + 3 * chosen.size(), name_bytes);
+  CheckpointWriter w(out.path(), opt.max_shard_bytes, wo);
+  uint64_t work_done = 0;
+  std::vector<std::string> modules;
+  for (auto& n : names) {
+    check_interrupted();
+    const auto& t = store.get(n);
+    if (progress) progress(work_done, work_total, n);
+    if (std::find(chosen.begin(), chosen.end(), n) == chosen.end()) {
+      w.add(t);
+      rc.exact_tensors++;
+      rc.total_keys++;
+      work_done += t.nbytes;
+      continue;
+    }
+    const std::string m = n.substr(0, n.size() - 7);
+    auto te = std::chrono::steady_clock::now();
+    EncodeOptions eo = opt.encode;
+    eo.module = m;
+    const int64_t rows = t.shape[0], cols = t.shape[1], numel = rows * cols;
+    if (eo.sidecar == SidecarMethod::Error) {
+      // Cap the sidecar so that the tensor stays within kMaxBitsPerWeight: 8 bits per index,
+      // 256 × 32 bits of codebook, 64 + 32 bits per sidecar entry (position + value).
+      const double spare = (kMaxBitsPerWeight - 8.0) * double(numel) - 256.0 * 32.0;
+      const double cap = std::max(0.0, std::floor(spare / 96.0));
+      eo.sidecar_fraction = std::min(eo.sidecar_fraction, cap / double(numel));
+    }
+    HxqTensor h = encode(t.data, t.dtype, rows, cols, eo);
+    auto st = encode_stats(t.data, t.dtype, h);
+    w.add(m + ".codebook", DType::F32, {int64_t(h.codebook.size())}, h.codebook.data(), h.codebook.size() * 4);
+    w.add(m + ".indices", DType::U8, {rows, cols}, h.indices.data(), h.indices.size());
+    w.add(m + ".sidecar_positions", DType::I64, {int64_t(h.sidecar_pos.size())}, h.sidecar_pos.data(),
+          h.sidecar_pos.size() * 8);
+    w.add(m + ".sidecar_values", DType::F32, {int64_t(h.sidecar_val.size())}, h.sidecar_val.data(),
+          h.sidecar_val.size() * 4);
+    rc.total_keys += 4;
+    const uint64_t bytes = h.codebook.size() * 4 + h.indices.size() + h.sidecar_pos.size() * 12;
+    TensorReceipt tr;
+    tr.module = m;
+    tr.rows = rows;
+    tr.cols = cols;
+    tr.source_dtype = std::string(dtype_name(t.dtype));
+    tr.sidecar = int64_t(h.sidecar_pos.size());
+    tr.bits_per_weight = 8.0 * double(bytes) / double(numel);
+    tr.sqnr_db = st.sqnr_db;
+    tr.max_abs_err = st.max_abs_err;
+    tr.mse = st.mse;
+    tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+    rc.modules.push_back(tr);
+    rc.compressed_weights += uint64_t(numel);
+    rc.compressed_bytes += bytes;
+    modules.push_back(m);
+    work_done += t.nbytes;
+  }
+  w.finish();
+  if (progress) progress(work_total, work_total, "");
+
+  // config.json with the quantization_config helix-substrate reads, plus our own fields.
+  json q = {{"quant_method", "hxq"},
+            {"codebook_size", 256},
+            {"sidecar_enabled", opt.encode.sidecar != SidecarMethod::None},
+            {"compressed_modules", modules},
+            {"exact_patterns", {"embed_tokens", "embeddings", "embedding", "lm_head", "norm", "conv1d", "A_log", "D",
+                                "dt_bias", "bias"}},
+            {"hxq_version", 1},
+            {"hxq_encoder", "hxq 0.1.0"},
+            {"hxq_codebook", rc.codebook},
+            {"hxq_sidecar", rc.sidecar},
+            {"hxq_sidecar_fraction", rc.sidecar_fraction}};
+  cfg["quantization_config"] = q;
+  write_file_checked(out.file("config.json"), cfg.dump(2) + "\n");
+  copy_side_files(in_dir, out.path());
+  out.commit();
+  rc.output_bytes = TensorStore::open(out_dir).total_bytes();
+  rc.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rc;
+}
+
+namespace {
+
+// Copies the non-weight files of a model directory (tokenizer, generation config, ...).
+void copy_side_files(const std::string& in_dir, const std::string& out_tmp) {
+  for (auto& e : fs::directory_iterator(in_dir)) {
+    if (!e.is_regular_file()) continue;
+    const std::string fn = e.path().filename().string();
+    if (fn == "config.json" || ends_with(fn, ".safetensors") || fn == "model.safetensors.index.json" ||
+        ends_with(fn, ".bin") || ends_with(fn, ".pt") || ends_with(fn, ".pth") || ends_with(fn, ".gguf") ||
+        ends_with(fn, ".ckpt") || ends_with(fn, ".h5") || ends_with(fn, ".msgpack"))
+      continue;
+    std::error_code ec;
+    fs::copy_file(e.path(), fs::path(out_tmp) / fn, ec);
+    if (ec) fail("{}: cannot copy into the output: {}", e.path().string(), ec.message());
+  }
+}
+
+}  // namespace
+
+void decompress_checkpoint(const std::string& in_dir, const std::string& out_dir, bool overwrite) {
+  json cfg = load_config(in_dir);
+  auto q = parse_hxq_config(cfg, (fs::path(in_dir) / "config.json").string());
+  if (!q) fail("{}/config.json: not an HXQ checkpoint (no quantization_config)", in_dir);
+  auto store = TensorStore::open(in_dir);
+  check_hxq_modules(*q, store, in_dir);
+  AtomicOutputDir out(out_dir, overwrite, {in_dir});
+  std::set<std::string> module_tensors;
+  for (auto& m : q->compressed_modules)
+    for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values"}) module_tensors.insert(m + suf);
+  CheckpointWriter w(out.path(), 0);
+  for (auto& n : store.names()) {
+    check_interrupted();
+    if (!module_tensors.count(n)) w.add(store.get(n));
+  }
+  for (auto& m : q->compressed_modules) {
+    auto hw = HxqWeight::load(store, m);
+    w.begin_tensor(m + ".weight", DType::F32, {hw->rows(), hw->cols()});
+    std::vector<float> row(static_cast<size_t>(hw->cols()));
+    for (int64_t r = 0; r < hw->rows(); ++r) {
+      hw->row(r, row.data());
+      w.write(row.data(), row.size() * 4);
+    }
+    w.end_tensor();
+  }
+  w.finish();
+  cfg.erase("quantization_config");
+  write_file_checked(out.file("config.json"), cfg.dump(2) + "\n");
+  copy_side_files(in_dir, out.path());
+  out.commit();
+}
+
+}  // namespace hxq

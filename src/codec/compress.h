@@ -1,0 +1,75 @@
+// `hxq compress` as a library call: streams a checkpoint tensor by tensor, encodes the selected
+// linear weights to HXQ, copies everything else bit-exact, and returns a receipt of what it did.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "codec/hxq_codec.h"
+#include "io/json.h"
+
+namespace hxq {
+
+// Default error-driven sidecar budget (fraction of a tensor's weights stored exactly), capped per
+// tensor so that codebook + indices + sidecar stay within kMaxBitsPerWeight.
+inline constexpr double kDefaultSidecarFraction = 0.001;
+inline constexpr double kMaxBitsPerWeight = 8.1;
+
+struct CompressOptions {
+  EncodeOptions encode;                  // codebook / sidecar method and fraction
+  bool embeddings = false;               // also the token embedding (and an untied lm_head)
+  std::vector<std::string> only, skip;   // glob patterns on module names (tensor name minus .weight)
+  uint64_t max_shard_bytes = 4'000'000'000ull;  // output shards above this size
+  bool overwrite = false;
+  bool fsync = true;
+};
+
+struct TensorReceipt {
+  std::string module;
+  int64_t rows = 0, cols = 0;
+  std::string source_dtype;
+  int64_t sidecar = 0;
+  double bits_per_weight = 0, sqnr_db = 0, max_abs_err = 0, mse = 0, seconds = 0;
+};
+
+struct CompressReceipt {
+  std::string input, output, codebook, sidecar;
+  double sidecar_fraction = 0;
+  std::vector<TensorReceipt> modules;  // compressed modules, in file order
+  int64_t exact_tensors = 0, total_keys = 0;
+  uint64_t input_bytes = 0, output_bytes = 0;
+  uint64_t compressed_weights = 0, compressed_bytes = 0;  // of the compressed modules only
+  double seconds = 0;
+
+  int64_t sidecar_entries() const {
+    int64_t n = 0;
+    for (auto& m : modules) n += m.sidecar;
+    return n;
+  }
+  double ratio() const { return output_bytes ? double(input_bytes) / double(output_bytes) : 0.0; }
+  double bits_per_weight() const { return compressed_weights ? 8.0 * double(compressed_bytes) / double(compressed_weights) : 0; }
+  double mb_per_s() const { return seconds > 0 ? double(input_bytes) / 1e6 / seconds : 0.0; }
+  json to_json() const;
+};
+
+// progress(bytes_of_input_done, bytes_total, current_module)
+using CompressProgress = std::function<void(uint64_t, uint64_t, const std::string&)>;
+
+// True when `name` matches the glob (`*` any run of characters, `?` one character).
+bool glob_match(std::string_view pattern, std::string_view name);
+
+// Which 2-D weights a compress run picks by default: every linear layer's weight (Mamba2
+// in_proj/out_proj; q/k/v/o/gate/up/down projections), never norms, convolutions, SSM
+// parameters or biases; embeddings and lm_head only with `embeddings`.
+bool is_default_linear(const std::string& tensor_name, const std::vector<int64_t>& shape, bool embeddings);
+
+CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string& out_dir, const CompressOptions& opt,
+                                    const CompressProgress& progress = {});
+
+// Writes a dense copy of an HXQ checkpoint: every compressed module decoded (codebook lookup,
+// sidecar replacing) to an F32 `.weight`, everything else copied, quantization_config removed.
+// Used to check that running from the compressed form equals running the decoded weights.
+void decompress_checkpoint(const std::string& in_dir, const std::string& out_dir, bool overwrite = false);
+
+}  // namespace hxq

@@ -1,0 +1,207 @@
+// hxq compress end to end: every fixture round-trips (compress -> load -> logits equal the dense
+// model rebuilt from the decoded weights), bit budget, helix-substrate anchors, failure safety.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "codec/compress.h"
+#include "codec/hxq_config.h"
+#include "core/error.h"
+#include "core/mmap.h"
+#include "io/safetensors.h"
+#include "models/generate.h"
+#include "models/model.h"
+#include "test_util.h"
+#include "tolerances.h"
+
+using namespace hxq;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int32_t> ref_ids(const std::string& model_dir) {
+  auto ref = TensorStore::open(model_dir + "/reference.safetensors");
+  const auto& t = ref.get("input_ids");
+  std::vector<int32_t> v;
+  for (int64_t i = 0; i < std::min<int64_t>(t.numel(), 64); ++i) v.push_back(int32_t(reinterpret_cast<const int64_t*>(t.data)[i]));
+  return v;
+}
+
+std::vector<float> logits_of(const std::string& dir, const std::vector<int32_t>& ids) {
+  auto m = load_model(dir);
+  std::vector<float> out(ids.size() * size_t(m->vocab_size()));
+  auto st = m->new_state();
+  m->forward(*st, ids, 0, out.data());
+  return out;
+}
+
+struct Case {
+  std::string dir;
+  bool embeddings;
+};
+
+class CompressRoundTrip : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CompressRoundTrip, HxqLogitsEqualDecodedDense) {
+  const auto& c = GetParam();
+  HXQ_REQUIRE_DATA(c.dir + "/reference.safetensors");
+  const auto src = test::data_path(c.dir);
+  const auto tmp = test::temp_dir("rt");
+  CompressOptions o;
+  o.embeddings = c.embeddings;
+  o.fsync = false;
+  auto rc = compress_checkpoint(src, tmp + "/hxq", o);
+  EXPECT_GT(rc.modules.size(), 0u);
+  for (auto& m : rc.modules) {
+    // 8 bits per index + the 256-entry codebook; the sidecar may use what is left up to 8.1
+    // bits/weight. Tiny fixture tensors spend more than 0.1 bit/weight on the codebook alone:
+    // they get no sidecar at all.
+    const double codebook_bits = 8.0 + 256.0 * 32.0 / double(m.rows * m.cols);
+    if (codebook_bits > kMaxBitsPerWeight) {
+      EXPECT_EQ(m.sidecar, 0) << m.module;
+      EXPECT_NEAR(m.bits_per_weight, codebook_bits, 1e-9) << m.module;
+    } else {
+      EXPECT_LE(m.bits_per_weight, kMaxBitsPerWeight + 1e-9) << m.module;
+    }
+    EXPECT_GT(m.sqnr_db, 20.0) << m.module;
+  }
+  EXPECT_LT(rc.output_bytes, rc.input_bytes);
+  // The config lists exactly the compressed modules, readable by the HXQ config parser.
+  auto q = read_hxq_config(tmp + "/hxq");
+  ASSERT_TRUE(q.has_value());
+  EXPECT_EQ(q->compressed_modules.size(), rc.modules.size());
+  EXPECT_EQ(q->quant_method, "hxq");
+
+  decompress_checkpoint(tmp + "/hxq", tmp + "/dense");
+  auto ids = ref_ids(src);
+  auto a = logits_of(tmp + "/hxq", ids), b = logits_of(tmp + "/dense", ids);
+  ASSERT_EQ(a.size(), b.size());
+  float err = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::max(err, std::fabs(a[i] - b[i]));
+    scale = std::max(scale, std::fabs(b[i]));
+  }
+  std::printf("[ %s%s ] HXQ vs decoded dense: max |Δlogit| = %.3g (max |logit| %.3g), %zu modules, %.4f bits/weight\n",
+              c.dir.c_str(), c.embeddings ? " +emb" : "", err, scale, rc.modules.size(), rc.bits_per_weight());
+  EXPECT_LE(err, tol::kHxqVsDecodedAbs * std::max(1.0f, scale));
+
+  // Compressed models still track the original closely: argmax mostly equal.
+  auto orig = logits_of(src, ids);
+  const int64_t V = int64_t(orig.size() / ids.size());
+  int same = 0;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    auto am = [&](const std::vector<float>& v) {
+      return std::max_element(v.begin() + ptrdiff_t(t * V), v.begin() + ptrdiff_t((t + 1) * V)) - v.begin();
+    };
+    same += am(orig) == am(a);
+  }
+  EXPECT_GE(same, int(ids.size()) * 8 / 10);
+  fs::remove_all(tmp);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CompressRoundTrip,
+                         ::testing::Values(Case{"fixtures/hf/mamba2-tiny", false}, Case{"fixtures/hf/mamba2-tiny", true},
+                                           Case{"fixtures/hf/mamba2-tiny-bf16", true},
+                                           Case{"models/mamba2-neox-17m", false}, Case{"models/mamba2-neox-17m", true},
+                                           Case{"fixtures/hf/llama-tiny", true}, Case{"fixtures/hf/qwen2-tiny", true},
+                                           Case{"models/stories260K-hf", false}),
+                         [](const auto& info) {
+                           std::string s = info.param.dir.substr(info.param.dir.rfind('/') + 1) +
+                                           (info.param.embeddings ? "_emb" : "");
+                           for (auto& ch : s)
+                             if (!isalnum(ch)) ch = '_';
+                           return s;
+                         });
+
+TEST(Compress, CompressedMamba2GeneratesLikeTheOriginal) {
+  HXQ_REQUIRE_DATA("models/mamba2-neox-17m/reference.safetensors");
+  const auto src = test::data_path("models/mamba2-neox-17m");
+  const auto tmp = test::temp_dir("gen");
+  CompressOptions o;
+  o.fsync = false;
+  compress_checkpoint(src, tmp + "/hxq", o);
+  auto m = load_model(tmp + "/hxq");
+  EXPECT_EQ(m->summary().hxq_modules, 20);
+  auto ref = TensorStore::open(src + "/reference.safetensors");
+  const auto& g = ref.get("gen_ids");
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 5; ++i) prompt.push_back(int32_t(reinterpret_cast<const int64_t*>(g.data)[i]));
+  Sampler s({});
+  auto st = m->new_state();
+  auto r = generate(*m, *st, prompt, 48, s, {});
+  ASSERT_EQ(r.ids.size(), 48u);
+  int same = 0;
+  for (size_t i = 0; i < 48; ++i) same += r.ids[i] == int32_t(reinterpret_cast<const int64_t*>(g.data)[5 + i]);
+  std::printf("compressed mamba2-neox-17m: %d of 48 greedy tokens equal to transformers' dense ones\n", same);
+  EXPECT_GE(same, 10);
+  fs::remove_all(tmp);
+}
+
+TEST(Compress, AnchorCheckpointsLoadAndRun) {
+  for (std::string a : {"fixtures/anchor-hxq/mamba2-tiny", "fixtures/anchor-hxq/stories260K-hf",
+                        "fixtures/anchor-hxq/mamba2-neox-17m"}) {
+    if (!test::have_data(a + "/model.safetensors")) GTEST_SKIP() << "no " << a;
+    const auto dir = test::data_path(a);
+    const auto tmp = test::temp_dir("anchor");
+    decompress_checkpoint(dir, tmp + "/dense");
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 40; ++i) ids.push_back((i * 131 + 7) % 500);
+    auto x = logits_of(dir, ids), y = logits_of(tmp + "/dense", ids);
+    float err = 0, scale = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      err = std::max(err, std::fabs(x[i] - y[i]));
+      scale = std::max(scale, std::fabs(y[i]));
+    }
+    EXPECT_LE(err, tol::kHxqVsDecodedAbs * std::max(1.0f, scale)) << a;
+    auto m = load_model(dir);
+    EXPECT_GT(m->summary().hxq_modules, 0) << a;
+    fs::remove_all(tmp);
+  }
+}
+
+TEST(Compress, RefusesUnsafeOutputsAndLeavesNothingOnFailure) {
+  HXQ_REQUIRE_DATA("fixtures/hf/mamba2-tiny/model.safetensors");
+  const auto src = test::data_path("fixtures/hf/mamba2-tiny");
+  const auto tmp = test::temp_dir("unsafe");
+  CompressOptions o;
+  o.fsync = false;
+  compress_checkpoint(src, tmp + "/out", o);
+  EXPECT_THROW(compress_checkpoint(src, tmp + "/out", o), Error);  // exists, no overwrite
+  o.overwrite = true;
+  EXPECT_NO_THROW(compress_checkpoint(src, tmp + "/out", o));
+  EXPECT_THROW(compress_checkpoint(tmp + "/out", tmp + "/again", o), Error);  // already HXQ
+  EXPECT_FALSE(fs::exists(tmp + "/again"));
+  CompressOptions none = o;
+  none.only = {"no.such.module*"};
+  EXPECT_THROW(compress_checkpoint(src, tmp + "/none", none), Error);
+  EXPECT_FALSE(fs::exists(tmp + "/none"));
+  // A truncated input fails cleanly and leaves no output.
+  fs::create_directories(tmp + "/broken");
+  fs::copy_file(src + "/config.json", tmp + "/broken/config.json");
+  std::string bytes;
+  {
+    auto f = MappedFile(src + "/model.safetensors");
+    bytes.assign(reinterpret_cast<const char*>(f.data()), f.size() - 100);
+  }
+  test::write_file(tmp + "/broken/model.safetensors", bytes);
+  EXPECT_THROW(compress_checkpoint(tmp + "/broken", tmp + "/bout", o), Error);
+  EXPECT_FALSE(fs::exists(tmp + "/bout"));
+  for (auto& e : fs::directory_iterator(tmp)) EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos);
+  fs::remove_all(tmp);
+}
+
+TEST(Compress, GlobAndDefaultSelection) {
+  EXPECT_TRUE(glob_match("*.in_proj", "backbone.layers.3.mixer.in_proj"));
+  EXPECT_FALSE(glob_match("*.in_proj", "backbone.layers.3.mixer.out_proj"));
+  EXPECT_TRUE(glob_match("model.layers.?.mlp.*", "model.layers.1.mlp.up_proj"));
+  EXPECT_TRUE(is_default_linear("backbone.layers.0.mixer.in_proj.weight", {10, 4}, false));
+  EXPECT_FALSE(is_default_linear("backbone.layers.0.mixer.conv1d.weight", {10, 1, 4}, false));
+  EXPECT_FALSE(is_default_linear("backbone.layers.0.mixer.norm.weight", {10}, false));
+  EXPECT_FALSE(is_default_linear("backbone.embeddings.weight", {10, 4}, false));
+  EXPECT_TRUE(is_default_linear("backbone.embeddings.weight", {10, 4}, true));
+  EXPECT_TRUE(is_default_linear("lm_head.weight", {10, 4}, true));
+  EXPECT_FALSE(is_default_linear("model.norm.weight", {4}, true));
+}
+
+}  // namespace
