@@ -27,8 +27,10 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
   std::printf("model    %s: %s, %lld layers, hidden %lld, %.1fM params, %.1f MB weights (loaded in %.2f s)\n",
               dir.c_str(), m.arch.c_str(), (long long)m.layers, (long long)m.hidden, double(m.params) / 1e6,
               double(m.weight_bytes) / 1e6, load_s);
-  std::printf("machine  %d thread%s, %s kernels, read bandwidth %.1f GB/s\n", r.threads, r.threads == 1 ? "" : "s",
-              std::string(isa_name(kernel_isa())).c_str(), r.membw_gb_per_s);
+  std::printf("machine  %d thread%s, %s kernels, ", r.threads, r.threads == 1 ? "" : "s",
+              std::string(isa_name(kernel_isa())).c_str());
+  if (r.membw_gb_per_s > 0) std::printf("read bandwidth %.1f GB/s (median of %zu)\n", r.membw_gb_per_s, r.membw_runs.size());
+  else std::printf("read bandwidth not measured\n");
   std::printf("\n%-9s %8s %12s %12s %9s\n", "phase", "tokens", "tokens/s", "ceiling", "of ceil.");
   if (r.prompt > 0) std::printf("%-9s %8lld %12.1f %12s %9s\n", "prefill", (long long)r.prompt, r.prefill_tokens_per_s, "-", "-");
   if (r.gen > 0) {
@@ -73,7 +75,7 @@ void add_bench(CLI::App& app) {
     apply_threads(o->threads);
     const size_t membw_bytes = size_t(o->membw_mb * double(1 << 20));
     if (o->membw_only) {
-      const double bw = membw_bytes ? measure_read_bandwidth_gbps(membw_bytes, pool(), o->b.repeats < 3 ? 7 : o->b.repeats) : 0.0;
+      const double bw = membw_bytes ? measure_read_bandwidth_gbps(membw_bytes, pool(), std::max(7, o->b.repeats)) : 0.0;
       const double fma = measure_peak_fma_gflops(pool(), kernel_isa());
       if (o->json) {
         nlohmann::json j{{"threads", pool().size()}, {"isa", std::string(isa_name(kernel_isa()))},

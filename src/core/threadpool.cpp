@@ -43,8 +43,9 @@ int64_t now_ns() {
 }
 
 // Spins until done() or until spin_ns have passed; returns done(). Pure pause loops for the
-// first microseconds, then sched_yield between checks so that a busy machine's other runnable
+// first kPureSpinNs, then sched_yield between checks so that a busy machine's other runnable
 // threads (another process, or the very thread we wait for) get the core.
+constexpr int64_t kPureSpinNs = 5'000;
 template <class Done>
 bool spin_until(Done done, int64_t spin_ns) {
   if (done()) return true;
@@ -58,7 +59,7 @@ bool spin_until(Done done, int64_t spin_ns) {
     if ((i & 7) == 0) {
       const int64_t dt = now_ns() - t0;
       if (dt > spin_ns) return done();
-      if (dt > 20'000) sched_yield();
+      if (dt > kPureSpinNs) sched_yield();
     }
   }
 }
