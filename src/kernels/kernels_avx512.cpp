@@ -267,11 +267,16 @@ void dense_decode(const float* Xp, int64_t T, int64_t K, const void* W, DType wd
   }
 }
 
+constexpr int64_t kBf16MaxT = 2;
+
 // Two rows per tile: with T = 4 and K = 4096 the four rows of Xp (64 KiB) live in L2, and one
 // row per tile re-read them at ~40 B/cycle (measured 6.5 -> 8.5 G weights/s on one core).
 void hxq_decode(const float* Xp, int64_t T, const HxqView& w, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   const int64_t K = w.cols;
-  if (w.codebook_bf16_exact) {
+  // Two planes only for T <= 2: with 3-4 rows of X per tile it measured slower than the
+  // four-plane decoder (one Zen 4 core, 2048x4096: T=1 10.9 -> 13.9 GB/s, T=2 9.8 -> 11.8,
+  // T=3 8.3 -> 7.2, T=4 7.0 -> 5.9). Both give bit-identical results, so this is only speed.
+  if (w.codebook_bf16_exact && T <= kBf16MaxT) {
     const HxqTablesBf16 tb(w.codebook);
     decode_rows<2>([&](int64_t n) { return LoadHxqBf16{w.indices + n * K, K, &tb}; }, T, K, Xp, n0, n1, Y, ldy);
     return;
