@@ -78,12 +78,14 @@ struct HxqSet {
   std::vector<int32_t> col;
   std::vector<float> delta;
   int64_t N, K;
-  // 512 sidecar entries, the most helix-substrate writes per tensor.
-  HxqSet(int64_t n, int64_t k, int copies) : N(n), K(k) {
+  bool bf16 = false;
+  // 512 sidecar entries, the most helix-substrate writes per tensor. bf16_codebook: entries
+  // rounded to BF16 and the view flagged codebook_bf16_exact (two-plane decoder).
+  HxqSet(int64_t n, int64_t k, int copies, bool bf16_codebook = false) : N(n), K(k), bf16(bf16_codebook) {
     std::mt19937 rng(2);
     std::normal_distribution<float> nd(0.0f, 0.02f);
     codebook.resize(256);
-    for (auto& c : codebook) c = nd(rng);
+    for (auto& c : codebook) c = bf16 ? bf16_to_f32(f32_to_bf16(nd(rng))) : nd(rng);
     std::vector<uint8_t> one(size_t(N * K));
     for (auto& b : one) b = uint8_t(rng());
     idx.assign(size_t(copies), one);
@@ -107,6 +109,7 @@ struct HxqSet {
     v.sc_row_ptr = row_ptr.data();
     v.sc_col = col.data();
     v.sc_delta = delta.data();
+    v.codebook_bf16_exact = bf16;
     return v;
   }
   size_t bytes() const {
@@ -196,13 +199,13 @@ void BM_DenseMatvec(benchmark::State& st, DType dt) {
   set_num_threads(0);
 }
 
-void BM_HxqMatvec(benchmark::State& st) {
+void hxq_matvec(benchmark::State& st, bool bf16_codebook) {
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
   const int threads = threads_arg(st.range(3));
   const double bw0 = machine_bandwidth(threads);
   set_num_threads(threads);
   const int copies = copies_for(size_t(N * K));
-  HxqSet hs(N, K, copies);
+  HxqSet hs(N, K, copies, bf16_codebook);
   const std::vector<float> x = make_x(T, K);
   std::vector<float> y(size_t(T * N));
   int c = 0;
@@ -218,6 +221,10 @@ void BM_HxqMatvec(benchmark::State& st) {
   set_cpu_bw_counters(st, double(hs.bytes()), cpu, threads);
   set_num_threads(0);
 }
+
+void BM_HxqMatvec(benchmark::State& st) { hxq_matvec(st, false); }
+// Same with a BF16-exact codebook (AVX-512: two byte planes instead of four).
+void BM_HxqMatvecBf16Codebook(benchmark::State& st) { hxq_matvec(st, true); }
 
 // Prefill: T = st.range(2) (512) rows of X; compute-bound, reported against the peak FMA rate.
 void BM_DenseGemm(benchmark::State& st, DType dt) {
@@ -317,6 +324,8 @@ BENCHMARK(BM_ReadBandwidth)->Apply(thread_counts);
 BENCHMARK(BM_PeakFma)->Apply(thread_counts);
 BENCHMARK(BM_HxqMatvec)->Apply(all_cores_matvec);
 BENCHMARK(BM_HxqMatvec)->Apply(one_core_matvec);
+BENCHMARK(BM_HxqMatvecBf16Codebook)->Apply(all_cores_matvec);
+BENCHMARK(BM_HxqMatvecBf16Codebook)->Apply(one_core_matvec);
 BENCHMARK_CAPTURE(BM_DenseMatvec, bf16, DType::BF16)->Apply(all_cores_matvec);
 BENCHMARK_CAPTURE(BM_DenseMatvec, bf16, DType::BF16)->Apply(one_core_matvec);
 BENCHMARK_CAPTURE(BM_DenseMatvec, f16, DType::F16)->Apply(all_cores_matvec);

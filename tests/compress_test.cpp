@@ -2,14 +2,20 @@
 // model rebuilt from the decoded weights), bit budget, helix-substrate anchors, failure safety.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <random>
 
 #include "codec/compress.h"
 #include "codec/hxq_config.h"
+#include "codec/hxq_weight.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/mmap.h"
+#include "io/json.h"
 #include "io/safetensors.h"
+#include "kernels/hxq_gemm.h"
 #include "models/generate.h"
 #include "models/model.h"
 #include "test_util.h"
@@ -205,3 +211,91 @@ TEST(Compress, GlobAndDefaultSelection) {
 }
 
 }  // namespace
+
+// --codebook-precision bf16: every codebook entry is a BF16 value, entries ascending, every
+// index the nearest rounded centroid, the Error sidecar the largest new errors; for F32, BF16 and
+// Lloyd sources alike.
+TEST(CompressBf16Codebook, CodebookExactIndicesNearestSidecarLargest) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  const int64_t R = 37, C = 211;
+  std::vector<float> w(size_t(R * C));
+  for (auto& x : w) x = nd(rng);
+  std::vector<float> wb(w.size());  // BF16-representable copy
+  for (size_t i = 0; i < w.size(); ++i) wb[i] = bf16_to_f32(f32_to_bf16(w[i]));
+  for (int variant = 0; variant < 3; ++variant) {
+    EncodeOptions o;
+    o.codebook_precision = CodebookPrecision::Bf16;
+    o.sidecar_fraction = 0.01;
+    const std::vector<float>& src = variant == 1 ? wb : w;
+    if (variant == 1) o.source_dtype = DType::BF16;
+    if (variant == 2) o.codebook = CodebookMethod::Lloyd;
+    const HxqTensor t = encode(src.data(), R, C, o);
+    ASSERT_EQ(t.codebook.size(), 256u);
+    EXPECT_TRUE(codebook_is_bf16_exact(t.codebook.data(), 256)) << variant;
+    int k = 1;  // distinct entries (the tail repeats the last one)
+    while (k < 256 && t.codebook[size_t(k)] != t.codebook[size_t(k - 1)]) ++k;
+    for (int j = k; j < 256; ++j) EXPECT_EQ(t.codebook[size_t(j)], t.codebook[size_t(k - 1)]);
+    EXPECT_TRUE(std::is_sorted(t.codebook.begin(), t.codebook.end()));
+    std::vector<double> err(src.size());
+    for (size_t i = 0; i < src.size(); ++i) {
+      ASSERT_LT(int(t.indices[i]), k);
+      ASSERT_EQ(t.indices[i], nearest_index(src[i], t.codebook.data(), k)) << variant << " element " << i;
+      err[i] = std::fabs(double(src[i]) - double(t.codebook[t.indices[i]]));
+    }
+    const size_t budget = size_t(std::floor(o.sidecar_fraction * double(src.size())));
+    ASSERT_EQ(t.sidecar_pos.size(), budget) << variant;
+    double min_in = 1e300, max_out = 0;
+    std::vector<bool> in(src.size(), false);
+    for (size_t s = 0; s < budget; ++s) {
+      in[size_t(t.sidecar_pos[s])] = true;
+      EXPECT_EQ(t.sidecar_val[s], src[size_t(t.sidecar_pos[s])]);
+      if (s) EXPECT_LT(t.sidecar_pos[s - 1], t.sidecar_pos[s]);
+      min_in = std::min(min_in, err[size_t(t.sidecar_pos[s])]);
+    }
+    for (size_t i = 0; i < src.size(); ++i)
+      if (!in[i]) max_out = std::max(max_out, err[i]);
+    EXPECT_GE(min_in, max_out) << variant;
+    // The weight built from it takes the two-plane kernel path.
+    EXPECT_TRUE(HxqWeight::from_tensor(t)->view().codebook_bf16_exact);
+    // Default precision is unchanged and not flagged (these normal weights are not BF16-exact).
+    EncodeOptions d = o;
+    d.codebook_precision = CodebookPrecision::F32;
+    if (variant == 0) EXPECT_FALSE(HxqWeight::from_tensor(encode(src.data(), R, C, d))->view().codebook_bf16_exact);
+  }
+}
+
+// End to end: a bf16-codebook checkpoint records the precision, loads with BF16-exact views and
+// its logits equal those of the decoded dense model (same tolerance as the default round trip).
+TEST(CompressBf16Codebook, RoundTripLogitsEqualDecodedDense) {
+  for (const char* rel : {"fixtures/hf/mamba2-tiny", "models/mamba2-neox-17m"}) {
+    HXQ_REQUIRE_DATA(std::string(rel) + "/reference.safetensors");
+    const auto src = test::data_path(rel);
+    const auto tmp = test::temp_dir("b16");
+    CompressOptions o;
+    o.fsync = false;
+    o.encode.codebook_precision = CodebookPrecision::Bf16;
+    auto rc = compress_checkpoint(src, tmp + "/hxq", o);
+    ASSERT_GT(rc.modules.size(), 0u);
+    auto cfg = parse_json_file(tmp + "/hxq/config.json");
+    EXPECT_EQ(cfg["quantization_config"]["hxq_codebook_precision"], "bf16");
+    auto q = read_hxq_config(tmp + "/hxq");
+    ASSERT_TRUE(q.has_value());
+    auto store = TensorStore::open(tmp + "/hxq");
+    for (auto& m : rc.modules) {
+      auto hw = HxqWeight::load(store, m.module);
+      EXPECT_TRUE(hw->view().codebook_bf16_exact) << m.module;
+    }
+    decompress_checkpoint(tmp + "/hxq", tmp + "/dense");
+    auto ids = ref_ids(src);
+    auto a = logits_of(tmp + "/hxq", ids), b = logits_of(tmp + "/dense", ids);
+    ASSERT_EQ(a.size(), b.size());
+    float err = 0, scale = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      err = std::max(err, std::fabs(a[i] - b[i]));
+      scale = std::max(scale, std::fabs(b[i]));
+    }
+    EXPECT_LE(err, tol::kHxqVsDecodedAbs * std::max(1.0f, scale)) << rel;
+    fs::remove_all(tmp);
+  }
+}

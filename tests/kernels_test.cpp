@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -342,4 +343,66 @@ TEST(KernelsMeasure, BandwidthAndPeakArePositive) {
   EXPECT_GT(measure_read_bandwidth_gbps(size_t(8) << 20, tp, 3), 0.0);
   EXPECT_GT(measure_peak_fma_gflops(tp, best_isa(), 3), 0.0);
   EXPECT_GT(measure_peak_fma_gflops(tp, Isa::Scalar, 1), 0.0);
+}
+
+// BF16-exact codebooks: the two-plane decoder (codebook_bf16_exact) must give bit-identical
+// outputs to the float32 four-plane decoder — same values, same lane order, same summation —
+// on every ISA and regime (only the AVX-512 decode regime uses the flag; the others ignore it).
+TEST(KernelsHxq, Bf16ExactCodebookBitIdenticalToF32Path) {
+  IsaGuard guard;
+  std::mt19937 rng(4242);
+  for (const Shape& s : kShapes)
+    for (bool sidecar : {false, true}) {
+      Hxq h = make_hxq(s.N, s.K, rng, false);
+      for (auto& c : h.codebook) {  // truncate to BF16, keep a few negative zeros / tiny values
+        uint32_t u;
+        std::memcpy(&u, &c, 4);
+        u &= 0xffff0000u;
+        std::memcpy(&c, &u, 4);
+      }
+      h.codebook[3] = -0.0f;
+      h.codebook[200] = std::ldexp(1.0f, -120);
+      ASSERT_TRUE(codebook_is_bf16_exact(h.codebook.data(), 256));
+      HxqView v = h.view(sidecar);
+      const std::vector<float> x = make_x(s.T, s.K, rng, false);
+      for (const Variant& var : variants()) {
+        set_kernel_isa(var.isa);
+        detail::force_decode_max_t = var.force;
+        std::vector<float> y0(size_t(s.T * s.N), std::nanf("")), y1 = y0;
+        v.codebook_bf16_exact = false;
+        gemm_hxq(x.data(), s.T, v, y0.data());
+        v.codebook_bf16_exact = true;
+        gemm_hxq(x.data(), s.T, v, y1.data());
+        const std::string what = shape_str(s, var, sidecar ? "HXQ+sidecar bf16" : "HXQ bf16");
+        ASSERT_EQ(0, std::memcmp(y0.data(), y1.data(), y0.size() * sizeof(float))) << what;
+      }
+    }
+}
+
+TEST(KernelsHxq, Bf16ExactnessCheck) {
+  std::vector<float> cb(256, 0.5f);
+  EXPECT_TRUE(codebook_is_bf16_exact(cb.data(), 256));
+  cb[255] = 0.1f;  // 0x3dcccccd: low bits set
+  EXPECT_FALSE(codebook_is_bf16_exact(cb.data(), 256));
+  EXPECT_TRUE(codebook_is_bf16_exact(cb.data(), 255));
+  cb[255] = -0.0f;
+  EXPECT_TRUE(codebook_is_bf16_exact(cb.data(), 256));
+}
+
+// The flag really selects the two-plane decoder on AVX-512 (decode regime): on a codebook that is
+// NOT BF16-exact it yields the truncated values, so the outputs differ from the exact path.
+TEST(KernelsHxq, Bf16FlagSelectsTwoPlaneDecoderOnAvx512) {
+  if (!isa_supported(Isa::Avx512)) GTEST_SKIP() << "no AVX-512";
+  IsaGuard guard;
+  set_kernel_isa(Isa::Avx512);
+  detail::force_decode_max_t = int64_t(1) << 30;
+  std::mt19937 rng(5);
+  Hxq h = make_hxq(9, 200, rng, false);
+  HxqView v = h.view(false);
+  const std::vector<float> x = make_x(1, 200, rng, false);
+  std::vector<float> y0(9), y1(9);
+  gemm_hxq(x.data(), 1, v, y0.data());
+  v.codebook_bf16_exact = true;
+  gemm_hxq(x.data(), 1, v, y1.data());
+  EXPECT_NE(0, std::memcmp(y0.data(), y1.data(), y0.size() * sizeof(float)));
 }

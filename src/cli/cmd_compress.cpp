@@ -54,7 +54,7 @@ void print_receipt(const CompressReceipt& r) {
 
 void add_compress(CLI::App& app) {
   struct Opts {
-    std::string in, out, codebook = "optimal", sidecar = "error";
+    std::string in, out, codebook = "optimal", sidecar = "error", precision = "f32";
     double fraction = kDefaultSidecarFraction, shard_gb = 4.0;
     bool embeddings = false, overwrite = false, json = false, no_fsync = false;
     std::vector<std::string> only, skip;
@@ -66,6 +66,9 @@ void add_compress(CLI::App& app) {
   sub->add_option("output", o->out, "Output directory (written atomically)")->required();
   sub->add_option("--codebook", o->codebook, "optimal (exact 1-D k-means, default) or lloyd (helix-substrate's)")
       ->check(CLI::IsMember({"optimal", "lloyd"}));
+  sub->add_option("--codebook-precision", o->precision,
+                  "f32 (default) or bf16: round the codebook to BF16 values and re-assign indices (faster decode kernels)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--sidecar", o->sidecar, "error (largest reconstruction errors, default), magnitude (helix-substrate's) or none")
       ->check(CLI::IsMember({"error", "magnitude", "none"}));
   sub->add_option("--sidecar-fraction", o->fraction, "Error sidecar budget as a fraction of each tensor's weights (default 0.001; capped at 8.1 bits/weight)")
@@ -86,6 +89,7 @@ void add_compress(CLI::App& app) {
                         : o->sidecar == "none"    ? SidecarMethod::None
                                                   : SidecarMethod::Error;
     co.encode.sidecar_fraction = o->fraction;
+    co.encode.codebook_precision = o->precision == "bf16" ? CodebookPrecision::Bf16 : CodebookPrecision::F32;
     co.embeddings = o->embeddings;
     co.only = o->only;
     co.skip = o->skip;

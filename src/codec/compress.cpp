@@ -210,6 +210,8 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
             {"hxq_codebook", rc.codebook},
             {"hxq_sidecar", rc.sidecar},
             {"hxq_sidecar_fraction", rc.sidecar_fraction}};
+  // Only written for BF16 codebooks: default-precision outputs stay as they were.
+  if (opt.encode.codebook_precision == CodebookPrecision::Bf16) q["hxq_codebook_precision"] = "bf16";
   cfg["quantization_config"] = q;
   write_file_checked(out.file("config.json"), cfg.dump(2) + "\n");
   copy_side_files(in_dir, out.path());

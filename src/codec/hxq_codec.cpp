@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "codec/helix_reference.h"
@@ -498,6 +499,98 @@ void add_magnitude_sidecar(HxqTensor& t, const float* w, const EncodeOptions& o)
   helix::magnitude_sidecar(w, t.rows * t.cols, pol, t.sidecar_pos, t.sidecar_val);
 }
 
+// CodebookPrecision::Bf16: rounds t's centroids to BF16, re-assigns every weight w[i] to the
+// nearest rounded centroid and redoes an Error sidecar on the new errors (same rule as the
+// encoders: the budget largest errors > 0, ties at the cut by lowest position). With the 16-bit
+// codes of the weights (codes[i] encodes w[i] in code_dt), index and error are tabulated per code.
+void round_codebook_bf16(HxqTensor& t, const float* w, const EncodeOptions& o, const uint16_t* codes = nullptr,
+                         DType code_dt = DType::F32) {
+  const int64_t n = t.rows * t.cols;
+  std::vector<float> cents;
+  for (float c : t.codebook) {
+    const float r = bf16_to_f32(f32_to_bf16(c));
+    if (!std::isfinite(r)) fail("encode: centroid {} does not round to a finite BF16 value", c);
+    cents.push_back(r == 0.f ? 0.f : r);
+  }
+  std::sort(cents.begin(), cents.end());
+  cents.erase(std::unique(cents.begin(), cents.end()), cents.end());
+  fill_codebook(t, cents);
+  const int k = int(cents.size());
+  const Nearest near(cents.data(), k);
+  const bool want = o.sidecar == SidecarMethod::Error;
+  const int64_t nc = nchunks(n);
+  if (codes) {
+    std::vector<int64_t> hist(65536, 0);
+    for (int64_t i = 0; i < n; ++i) hist[codes[i]]++;
+    std::vector<uint8_t> idx(65536, 0);
+    std::vector<double> err(65536, 0.0);
+    std::vector<std::pair<double, int64_t>> items;
+    for (uint32_t c = 0; c < 65536; ++c) {
+      if (!hist[c]) continue;
+      const float v = code_dt == DType::BF16 ? bf16_to_f32(uint16_t(c)) : f16_to_f32(uint16_t(c));
+      idx[c] = uint8_t(near.find(double(v)));
+      err[c] = std::fabs(double(v) - double(cents[idx[c]]));
+      if (err[c] > 0) items.push_back({err[c], hist[c]});
+    }
+    pool().parallel_for(
+        n, [&](int64_t b, int64_t e, int) {
+          for (int64_t i = b; i < e; ++i) t.indices[size_t(i)] = idx[codes[i]];
+        },
+        kChunk);
+    if (!want) return;
+    const Cut cut = select_cut(std::move(items), error_budget(o, n));
+    t.sidecar_pos.clear();
+    t.sidecar_val.clear();
+    int64_t quota = cut.tie_quota;
+    for (int64_t i = 0; i < n; ++i) {
+      const double er = err[codes[i]];
+      if (er > 0 && (er > cut.thr || (er == cut.thr && quota-- > 0))) {
+        t.sidecar_pos.push_back(i);
+        t.sidecar_val.push_back(w[i]);
+      }
+    }
+    return;
+  }
+  std::vector<std::vector<double>> errs(size_t(want ? nc : 0));
+  pool().parallel_for(nc, [&](int64_t b, int64_t e, int) {
+    for (int64_t ch = b; ch < e; ++ch)
+      for (int64_t i = ch * kChunk, i1 = std::min(n, ch * kChunk + kChunk); i < i1; ++i) {
+        const int j = near.find(double(w[i]));
+        t.indices[size_t(i)] = uint8_t(j);
+        if (want) {
+          const double er = std::fabs(double(w[i]) - double(cents[size_t(j)]));
+          if (er > 0) errs[size_t(ch)].push_back(er);
+        }
+      }
+  });
+  if (!want) return;
+  std::vector<double> all;
+  for (auto& v : errs) all.insert(all.end(), v.begin(), v.end());
+  std::vector<std::vector<double>>().swap(errs);
+  const int64_t budget = error_budget(o, n);
+  Cut cut;  // thr = inf: nothing
+  if (budget > 0 && int64_t(all.size()) <= budget) {
+    cut.thr = 0;
+  } else if (budget > 0) {
+    std::nth_element(all.begin(), all.begin() + (budget - 1), all.end(), std::greater<>());
+    cut.thr = all[size_t(budget - 1)];
+    int64_t above = 0;
+    for (double x : all) above += x > cut.thr;
+    cut.tie_quota = budget - above;
+  }
+  t.sidecar_pos.clear();
+  t.sidecar_val.clear();
+  int64_t quota = cut.tie_quota;
+  for (int64_t i = 0; i < n; ++i) {
+    const double er = std::fabs(double(w[i]) - double(t.codebook[t.indices[size_t(i)]]));
+    if (!(er > 0)) continue;
+    if (er > cut.thr || (er == cut.thr && quota-- > 0)) {
+      t.sidecar_pos.push_back(i);
+      t.sidecar_val.push_back(w[i]);
+    }
+  }
+}
+
 }  // namespace
 
 uint8_t nearest_index(float x, const float* c, int k) {
@@ -510,7 +603,37 @@ uint8_t nearest_index(float x, const float* c, int k) {
   return uint8_t(lo);
 }
 
+namespace {
+HxqTensor encode_impl(const void* data, DType dt, int64_t rows, int64_t cols, const EncodeOptions& o);
+}
+
 HxqTensor encode(const void* data, DType dt, int64_t rows, int64_t cols, const EncodeOptions& o) {
+  HxqTensor t = encode_impl(data, dt, rows, cols, o);
+  if (o.codebook_precision == CodebookPrecision::Bf16 && rows * cols > 0) {
+    std::vector<float> f;
+    const float* w = static_cast<const float*>(data);
+    if (dt != DType::F32 || reinterpret_cast<uintptr_t>(data) % alignof(float)) {
+      f = to_float_vector(data, dt, rows * cols);
+      w = f.data();
+    }
+    if (dt == DType::F32) {
+      round_codebook_bf16(t, w, o);
+    } else {
+      std::vector<uint16_t> copy;
+      const uint16_t* codes = static_cast<const uint16_t*>(data);
+      if (reinterpret_cast<uintptr_t>(data) % alignof(uint16_t)) {
+        copy.resize(size_t(rows * cols));
+        std::memcpy(copy.data(), data, copy.size() * 2);
+        codes = copy.data();
+      }
+      round_codebook_bf16(t, w, o, codes, dt);
+    }
+  }
+  return t;
+}
+
+namespace {
+HxqTensor encode_impl(const void* data, DType dt, int64_t rows, int64_t cols, const EncodeOptions& o) {
   check_options(o, rows, cols);
   if (dt != DType::F32 && dt != DType::F16 && dt != DType::BF16)
     fail("encode: unsupported source dtype {} (need F32, F16 or BF16)", dtype_name(dt));
@@ -562,6 +685,7 @@ HxqTensor encode(const void* data, DType dt, int64_t rows, int64_t cols, const E
   if (o.sidecar == SidecarMethod::Magnitude) add_magnitude_sidecar(t, w, o);
   return t;
 }
+}  // namespace
 
 HxqTensor encode(const float* w, int64_t rows, int64_t cols, const EncodeOptions& o) {
   check_options(o, rows, cols);
@@ -586,6 +710,7 @@ HxqTensor encode(const float* w, int64_t rows, int64_t cols, const EncodeOptions
     if (exact) {
       HxqTensor t = encode_codes16(codes.data(), o.source_dtype, rows, cols, o);
       if (o.sidecar == SidecarMethod::Magnitude) add_magnitude_sidecar(t, w, o);
+      if (o.codebook_precision == CodebookPrecision::Bf16) round_codebook_bf16(t, w, o, codes.data(), o.source_dtype);
       return t;
     }
   }

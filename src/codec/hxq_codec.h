@@ -33,6 +33,8 @@ enum class SidecarMethod {
   Magnitude,  // helix-substrate's percentile rule on |w| (per-module policy), values as float16
 };
 
+enum class CodebookPrecision { F32, Bf16 };
+
 struct EncodeOptions {
   CodebookMethod codebook = CodebookMethod::Optimal;
   SidecarMethod sidecar = SidecarMethod::Error;
@@ -52,6 +54,11 @@ struct EncodeOptions {
   // F32 sources with more distinct values than this are clustered exactly on a histogram of at
   // most this many bins (then refined by Lloyd steps on the exact values; see kF32ExactBound).
   int64_t f32_exact_bound = 0;  // 0: kF32ExactBound
+  // Bf16: after the codebook is found, each centroid is rounded to the nearest BF16 value
+  // (duplicates merged, ascending), every weight is re-assigned to the nearest rounded centroid
+  // and the Error sidecar is chosen on the new errors (Magnitude sidecars do not depend on the
+  // codebook). Such codebooks let the kernels decode from two byte planes (HxqView).
+  CodebookPrecision codebook_precision = CodebookPrecision::F32;
 };
 
 // F32 sources: exact optimal k-means when the tensor has at most this many distinct values.

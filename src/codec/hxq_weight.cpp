@@ -140,6 +140,7 @@ std::shared_ptr<const HxqWeight> HxqWeight::load(const TensorStore& store, const
   if (w->canonical_) {
     w->codebook_.assign(256, cbv.back());
     std::copy(cbv.begin(), cbv.end(), w->codebook_.begin());
+    w->cb_bf16_ = codebook_is_bf16_exact(w->codebook_.data(), 256);
   } else {
     w->codebook_ = std::move(cbv);
   }
@@ -187,6 +188,7 @@ std::shared_ptr<const HxqWeight> HxqWeight::from_tensor(const HxqTensor& t) {
   w->d_ = 1;
   w->canonical_ = true;
   w->codebook_ = t.codebook;
+  w->cb_bf16_ = codebook_is_bf16_exact(w->codebook_.data(), int64_t(w->codebook_.size()));
   w->idx8_own_ = t.indices;
   w->idx8_ = w->idx8_own_.data();
   w->build_sidecar(t.sidecar_pos, t.sidecar_val);
@@ -224,6 +226,7 @@ HxqView HxqWeight::view() const {
   v.cols = cols_;
   v.codebook = codebook_.data();
   v.indices = idx8_;
+  v.codebook_bf16_exact = cb_bf16_;
   if (!sc_col_.empty()) {
     v.sc_row_ptr = sc_row_ptr_.data();
     v.sc_col = sc_col_.data();

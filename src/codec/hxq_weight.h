@@ -53,6 +53,7 @@ class HxqWeight {
   int64_t rows_ = 0, cols_ = 0, k_ = 0;
   int d_ = 1;
   bool canonical_ = false;
+  bool cb_bf16_ = false;  // canonical codebook exactly BF16 (HxqView::codebook_bf16_exact)
   std::vector<float> codebook_;    // canonical: 256 entries; otherwise k·d
   const uint8_t* idx8_ = nullptr;  // [rows, cols/d], in the mapping or in idx8_own_
   std::vector<uint8_t> idx8_own_;

@@ -1,6 +1,7 @@
 #include "kernels/hxq_gemm.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -65,6 +66,15 @@ void gemm_hxq_scalar(const float* X, int64_t T, const HxqView& w, float* Y) {
 }
 
 }  // namespace
+
+bool codebook_is_bf16_exact(const float* cb, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, cb + i, 4);
+    if (u & 0xffffu) return false;
+  }
+  return true;
+}
 
 void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
   const int64_t K = w.cols, N = w.rows;

@@ -15,7 +15,15 @@ struct HxqView {
   const int64_t* sc_row_ptr = nullptr;  // [rows + 1], or nullptr when there is no sidecar
   const int32_t* sc_col = nullptr;
   const float* sc_delta = nullptr;
+  // Promise by the view's producer: every codebook entry the indices can reach has zero low 16
+  // bits (is exactly a BF16 value). The AVX-512 decode regime then looks up only the two high
+  // byte planes (half the permutes); results are bit-identical to the float32 path. A false
+  // promise gives the truncated values, never undefined behaviour.
+  bool codebook_bf16_exact = false;
 };
+
+// Whether all n entries of cb are exactly representable as BF16 (low 16 bits zero).
+bool codebook_is_bf16_exact(const float* cb, int64_t n);
 
 // Y [T, rows] = X [T, cols] · Wᵀ (+ sidecar), row-major float32, not overlapping. The codebook
 // values are used exactly (float32); same regimes, threading and ISA dispatch as gemm_dense.
