@@ -69,7 +69,7 @@ def main():
                     p, psecs = run(["perplexity", "-m", out, "-f", text, "--json"])
                     full_rows.append((label, p["ppl"], psecs))
             rows.sort(key=lambda r: r[3]["kl_mean"])
-            src_bytes = sum(os.path.getsize(os.path.join(mdir, f)) for f in os.listdir(mdir) if f.endswith(".safetensors"))
+            src_bytes = rows[0][2]["input_bytes"]  # the checkpoint's weight files, as compress read them
             base_ppl = rows[0][3]["ppl_base"]
             lines = [f"## {name}", "",
                      f"Source checkpoint: {src_bytes / 1e6:.2f} MB of safetensors. Evaluation: {evdesc}; "
