@@ -119,7 +119,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
 
   // Plan: which tensors become HXQ modules.
   auto names = store.names();
-  std::vector<std::string> chosen;
+  std::set<std::string> chosen;
   uint64_t work_total = 0;
   for (auto& n : names) {
     const auto& t = store.get(n);
@@ -133,7 +133,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     if (std::any_of(opt.skip.begin(), opt.skip.end(), [&](auto& g) { return glob_match(g, m); })) pick = false;
     if (pick && !is_float(t.dtype)) fail("{}: tensor '{}' has dtype {}; only float weights can be compressed",
                                          t.file, n, dtype_name(t.dtype));
-    if (pick) chosen.push_back(n);
+    if (pick) chosen.insert(n);
   }
   if (chosen.empty()) fail("{}: no tensor selected for compression (check --only / --skip)", in_dir);
 
@@ -149,7 +149,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     check_interrupted();
     const auto& t = store.get(n);
     if (progress) progress(work_done, work_total, n);
-    if (std::find(chosen.begin(), chosen.end(), n) == chosen.end()) {
+    if (!chosen.count(n)) {
       w.add(t);
       rc.exact_tensors++;
       rc.total_keys++;
