@@ -94,10 +94,12 @@ void add_generate(CLI::App& app) {
     } else {
       std::string rest = stream.flush();
       std::fwrite(rest.data(), 1, rest.size(), stdout);
-      if (isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped output is exactly the text
+      const bool tty = isatty(STDOUT_FILENO);
+      if (tty) std::fputc('\n', stdout);  // piped output is exactly the text
       std::fflush(stdout);
-      std::fprintf(stderr, "prefill: %zu tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s%s\n",
-                   prompt.size(), prefill_tps, (long long)res.decode_steps, decode_tps,
+      // Piped, the text has no final newline: start the stats on a line of their own.
+      std::fprintf(stderr, "%sprefill: %zu tokens, %.1f tokens/s | decode: %lld tokens, %.1f tokens/s%s\n",
+                   tty ? "" : "\n", prompt.size(), prefill_tps, (long long)res.decode_steps, decode_tps,
                    res.stopped_at_eos ? " | stopped at EOS" : "");
     }
   });
