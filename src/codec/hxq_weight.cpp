@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
+#include "kernels/gemm.h"
 
 namespace hxq {
 
@@ -20,17 +21,6 @@ std::vector<float> read_floats(const TensorInfo& t) {
   std::vector<float> v(static_cast<size_t>(t.numel()));
   to_f32(t.dtype, t.data, v.data(), v.size());
   return v;
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  float s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
 }
 
 }  // namespace
@@ -276,7 +266,7 @@ void HxqWeight::forward(const float* X, int64_t T, float* Y) const {
       const int64_t r0 = b * RB, r1 = std::min(N, r0 + RB);
       for (int64_t r = r0; r < r1; ++r) decode_row(r, wb.data() + (r - r0) * K);
       for (int64_t t = 0; t < T; ++t)
-        for (int64_t r = r0; r < r1; ++r) Y[t * N + r] = dot(X + t * K, wb.data() + (r - r0) * K, K);
+        for (int64_t r = r0; r < r1; ++r) Y[t * N + r] = dot_f32(X + t * K, wb.data() + (r - r0) * K, K);
     }
   });
 }

@@ -110,9 +110,7 @@ void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, i
 
 }  // namespace detail
 
-namespace {
-
-inline float dot(const float* a, const float* b, int64_t n) {
+float dot_f32(const float* a, const float* b, int64_t n) {
   float acc[16] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -122,6 +120,8 @@ inline float dot(const float* a, const float* b, int64_t n) {
   for (int j = 0; j < 16; ++j) s += acc[j];
   return s;
 }
+
+namespace {
 
 // The portable reference: converts 16 rows of W at a time to float32, then plain dot products.
 void gemm_dense_scalar(const float* X, int64_t T, int64_t K, const void* W, DType wdt, int64_t N, float* Y) {
@@ -136,7 +136,7 @@ void gemm_dense_scalar(const float* X, int64_t T, int64_t K, const void* W, DTyp
       for (int64_t t = 0; t < T; ++t) {
         const float* x = X + t * K;
         float* y = Y + t * N;
-        for (int64_t r = r0; r < r1; ++r) y[r] = dot(x, wb.data() + (r - r0) * K, K);
+        for (int64_t r = r0; r < r1; ++r) y[r] = dot_f32(x, wb.data() + (r - r0) * K, K);
       }
     }
   });

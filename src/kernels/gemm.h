@@ -14,4 +14,7 @@ namespace hxq {
 // depend on the thread count. Throws hxq::Error for another dtype or negative sizes.
 void gemm_dense(const float* X, int64_t T, int64_t K, const void* W, DType wdt, int64_t N, float* Y);
 
+// Portable float32 dot product with 16 partial sums (the scalar reference kernels' order).
+float dot_f32(const float* a, const float* b, int64_t n);
+
 }  // namespace hxq
