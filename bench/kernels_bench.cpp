@@ -199,7 +199,8 @@ void BM_DenseMatvec(benchmark::State& st, DType dt) {
   set_num_threads(0);
 }
 
-void hxq_matvec(benchmark::State& st, bool bf16_codebook) {
+void hxq_matvec(benchmark::State& st, bool bf16_codebook, HxqMath math) {
+  HxqMathScope scope(math);
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
   const int threads = threads_arg(st.range(3));
   const double bw0 = machine_bandwidth(threads);
@@ -222,9 +223,12 @@ void hxq_matvec(benchmark::State& st, bool bf16_codebook) {
   set_num_threads(0);
 }
 
-void BM_HxqMatvec(benchmark::State& st) { hxq_matvec(st, false); }
-// Same with a BF16-exact codebook (AVX-512: two byte planes instead of four).
-void BM_HxqMatvecBf16Codebook(benchmark::State& st) { hxq_matvec(st, true); }
+// The default (HxqMath::Fast: 16-bit integer decode with VNNI where available).
+void BM_HxqMatvec(benchmark::State& st) { hxq_matvec(st, false, HxqMath::Fast); }
+// Exact float32 codebook values (HxqMath::Exact).
+void BM_HxqMatvecExact(benchmark::State& st) { hxq_matvec(st, false, HxqMath::Exact); }
+// Exact math with a BF16-exact codebook (AVX-512: two byte planes instead of four, T <= 2).
+void BM_HxqMatvecBf16Codebook(benchmark::State& st) { hxq_matvec(st, true, HxqMath::Exact); }
 
 // Prefill: T = st.range(2) (512) rows of X; compute-bound, reported against the peak FMA rate.
 void BM_DenseGemm(benchmark::State& st, DType dt) {
@@ -293,7 +297,7 @@ void BM_PeakFma(benchmark::State& st) {
 // 1 = one core (thread CPU time).
 void matvec_shapes(benchmark::internal::Benchmark* b, int64_t th) {
   b->ArgNames({"N", "K", "T", "threads"});
-  for (int64_t T : {1, 4}) {
+  for (int64_t T : {1, 2, 4}) {
     b->Args({8512, 2048, T, th});
     b->Args({2048, 4096, T, th});
   }
@@ -324,6 +328,8 @@ BENCHMARK(BM_ReadBandwidth)->Apply(thread_counts);
 BENCHMARK(BM_PeakFma)->Apply(thread_counts);
 BENCHMARK(BM_HxqMatvec)->Apply(all_cores_matvec);
 BENCHMARK(BM_HxqMatvec)->Apply(one_core_matvec);
+BENCHMARK(BM_HxqMatvecExact)->Apply(all_cores_matvec);
+BENCHMARK(BM_HxqMatvecExact)->Apply(one_core_matvec);
 BENCHMARK(BM_HxqMatvecBf16Codebook)->Apply(all_cores_matvec);
 BENCHMARK(BM_HxqMatvecBf16Codebook)->Apply(one_core_matvec);
 BENCHMARK_CAPTURE(BM_DenseMatvec, bf16, DType::BF16)->Apply(all_cores_matvec);

@@ -17,6 +17,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
+#include "kernels/hxq_gemm.h"
 #include "kernels/linear.h"
 #include "test_util.h"
 
@@ -121,7 +122,10 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // Forward of an HXQ Linear against gemm_dense on its decoded rows.
+// Exact HXQ math: these tests check the storage variants, not the fast kernel's rounding
+// (kernels_test.cpp bounds that).
 double forward_vs_dense(const Linear& l, int64_t T, uint32_t seed) {
+  HxqMathScope exact(HxqMath::Exact);
   const int64_t N = l.out_features(), K = l.in_features();
   std::vector<float> W(static_cast<size_t>(N * K));
   for (int64_t r = 0; r < N; ++r) l.row(r, W.data() + r * K);
@@ -270,6 +274,7 @@ TEST(HxqRuntime, ShortCodebookU16AndPackedIndicesAndBias) {
   EXPECT_TRUE(a.hxq_weight()->canonical());
   {
     std::vector<float> X(static_cast<size_t>(K), 1.f), Y(static_cast<size_t>(N));
+    HxqMathScope exact(HxqMath::Exact);
     a.forward(X.data(), 1, Y.data());
     for (int64_t o = 0; o < N; ++o) {
       double s = o;

@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "core/dtype.h"
@@ -27,9 +29,12 @@ std::vector<Isa> supported_isas() {
   return v;
 }
 
-// Restores the kernel ISA chosen before the test (and the automatic decode/packed choice).
+// Restores the kernel ISA chosen before the test (and the automatic decode/packed choice). The
+// tests that check against the worst-case float32 bound run the exact HXQ math; the fast
+// (16-bit integer) decode has its own tests below.
 struct IsaGuard {
   Isa saved = kernel_isa();
+  HxqMathScope exact{HxqMath::Exact};
   ~IsaGuard() {
     set_kernel_isa(saved);
     detail::force_decode_max_t = -1;
@@ -405,4 +410,185 @@ TEST(KernelsHxq, Bf16FlagSelectsTwoPlaneDecoderOnAvx512) {
   v.codebook_bf16_exact = true;
   gemm_hxq(x.data(), 1, v, y1.data());
   EXPECT_NE(0, std::memcmp(y0.data(), y1.data(), y0.size() * sizeof(float)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast HXQ decode (HxqMath::Fast: 16-bit integer codebook and X, VNNI dot products)
+
+namespace {
+
+// The error bound of the fast path for one output (see kernels_avx512.cpp):
+//   ĉb = z + s·u, |ĉb − cb| ≤ s/2;  x̂ = sx_b·q, |x̂ − x| ≤ sx_b/2   (sx_b = max|x| in block / 32639)
+//   |Σ ĉb·x̂ − Σ cb·x| ≤ Σ_k (s/2)·|x_k| + |ĉb_k|·sx_b/2
+// (0.51 instead of 0.5 covers the float32 rounding of s, 1/sx and x / sx), plus float32
+// summation: ~2^-24 relative per addition over nb block sums, 16 lanes and the zero-point
+// term, bounded by gamma(nb + 64) times the sum of the magnitudes involved.
+double fast_tolerance(const Hxq& h, const float* x, int64_t K, int64_t r, bool sidecar) {
+  float mn = h.codebook[0], mx = h.codebook[0];
+  for (float c : h.codebook) {
+    mn = std::min(mn, c);
+    mx = std::max(mx, c);
+  }
+  const double s = double((mx - mn) / 65535.0f), zc = double(mn) + 32768.0 * s;
+  double tol = 0, mag = 0;
+  const int64_t nb = (K + 511) / 512;
+  for (int64_t b = 0; b < nb; ++b) {
+    float m = 0;
+    for (int64_t k = b * 512; k < std::min(K, b * 512 + 512); ++k) m = std::max(m, std::abs(x[k]));
+    const double sx = double(m) / 32639.0;
+    for (int64_t k = b * 512; k < std::min(K, b * 512 + 512); ++k) {
+      const double cb = h.codebook[h.idx[size_t(r * K + k)]];
+      tol += 0.51 * s * std::abs(x[k]) + 0.51 * (std::abs(cb) + s) * sx;
+      mag += (std::abs(cb) + std::abs(zc) + s) * (std::abs(x[k]) + sx);
+    }
+  }
+  if (sidecar)
+    for (int64_t e = h.row_ptr[size_t(r)]; e < h.row_ptr[size_t(r) + 1]; ++e)
+      mag += std::abs(double(x[h.col[size_t(e)]]) * h.delta[size_t(e)]);
+  return tol + gamma_n(double(nb + 64)) * mag * 2;
+}
+
+bool fast_here() { return isa_supported(Isa::Avx512) && cpu_features().avx512vnni; }
+
+}  // namespace
+
+TEST(KernelsHxqFast, WithinQuantisationBound) {
+  if (!fast_here()) GTEST_SKIP() << "no AVX-512 VBMI + VNNI";
+  IsaGuard guard;
+  HxqMathScope fast(HxqMath::Fast);
+  set_kernel_isa(Isa::Avx512);
+  ASSERT_TRUE(hxq_fast_available());
+  std::mt19937 rng(2024);
+  // Decode-regime shapes (T <= 4) incl. K not a multiple of 64 or 512, several blocks, N odd.
+  const Shape shapes[] = {{1, 1, 1}, {1, 37, 3}, {2, 100, 33}, {3, 513, 17}, {4, 1100, 9}, {1, 2048, 64}, {2, 1535, 5}};
+  for (const Shape& sh : shapes)
+    for (bool sidecar : {false, true}) {
+      const Hxq h = make_hxq(sh.N, sh.K, rng, false);
+      std::vector<float> x = make_x(sh.T, sh.K, rng, false);
+      for (int64_t k = 0; k < sh.K; k += 97) x[size_t(k)] *= 30.0f;  // outliers
+      std::vector<float> y(size_t(sh.T * sh.N), std::nanf(""));
+      gemm_hxq(x.data(), sh.T, h.view(sidecar), y.data());
+      for (int64_t t = 0; t < sh.T; ++t)
+        for (int64_t r = 0; r < sh.N; ++r) {
+          const float* xr = x.data() + t * sh.K;
+          double ref = 0;
+          for (int64_t k = 0; k < sh.K; ++k) ref += double(xr[k]) * h.w(r, k, sh.K);
+          if (sidecar)
+            for (int64_t e = h.row_ptr[size_t(r)]; e < h.row_ptr[size_t(r) + 1]; ++e)
+              ref += double(xr[h.col[size_t(e)]]) * h.delta[size_t(e)];
+          const double tol = fast_tolerance(h, xr, sh.K, r, sidecar);
+          ASSERT_LE(std::abs(double(y[size_t(t * sh.N + r)]) - ref), tol)
+              << "T=" << sh.T << " K=" << sh.K << " N=" << sh.N << " t=" << t << " r=" << r << " sidecar=" << sidecar;
+        }
+    }
+}
+
+// What the bound means in practice: on Gaussian weights/activations (a 2048-wide layer) the fast
+// path's outputs are within ~1e-4 relative RMS of the exact ones — far below the 8-bit codebook's
+// own error (~5e-3) — and it is really a different computation (not silently the exact path).
+TEST(KernelsHxqFast, TypicalErrorFarBelowCodebookError) {
+  if (!fast_here()) GTEST_SKIP() << "no AVX-512 VBMI + VNNI";
+  IsaGuard guard;
+  set_kernel_isa(Isa::Avx512);
+  std::mt19937 rng(77);
+  const int64_t K = 2048, N = 256;
+  const Hxq h = make_hxq(N, K, rng, false);
+  const std::vector<float> x = make_x(1, K, rng, false);
+  std::vector<float> ye(static_cast<size_t>(N)), yf(static_cast<size_t>(N));
+  {
+    HxqMathScope m(HxqMath::Exact);
+    gemm_hxq(x.data(), 1, h.view(true), ye.data());
+  }
+  {
+    HxqMathScope m(HxqMath::Fast);
+    gemm_hxq(x.data(), 1, h.view(true), yf.data());
+  }
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    num += double(yf[size_t(i)] - ye[size_t(i)]) * (yf[size_t(i)] - ye[size_t(i)]);
+    den += double(ye[size_t(i)]) * ye[size_t(i)];
+  }
+  const double rel = std::sqrt(num / den);
+  EXPECT_LT(rel, 1e-4);
+  EXPECT_GT(rel, 0.0);
+}
+
+// Non-finite activations, all-zero and tiny blocks, a constant codebook: the fast path gives the
+// exact path's answer (NaN/Inf: by falling back to it) and never makes up NaNs.
+TEST(KernelsHxqFast, EdgeCases) {
+  if (!fast_here()) GTEST_SKIP() << "no AVX-512 VBMI + VNNI";
+  IsaGuard guard;
+  set_kernel_isa(Isa::Avx512);
+  std::mt19937 rng(3);
+  const int64_t K = 700, N = 12;
+  Hxq h = make_hxq(N, K, rng, false);
+  auto both = [&](const std::vector<float>& x, int64_t T, std::vector<float>& ye, std::vector<float>& yf) {
+    ye.assign(size_t(T * N), 0.0f);
+    yf.assign(size_t(T * N), 0.0f);
+    {
+      HxqMathScope m(HxqMath::Exact);
+      gemm_hxq(x.data(), T, h.view(true), ye.data());
+    }
+    HxqMathScope m(HxqMath::Fast);
+    gemm_hxq(x.data(), T, h.view(true), yf.data());
+  };
+  std::vector<float> ye, yf;
+  std::vector<float> x = make_x(2, K, rng, false);
+  x[size_t(K + 5)] = std::numeric_limits<float>::infinity();
+  both(x, 2, ye, yf);
+  EXPECT_EQ(0, std::memcmp(ye.data(), yf.data(), ye.size() * 4)) << "Inf falls back to the exact path";
+  x[size_t(K + 5)] = std::nanf("");
+  both(x, 2, ye, yf);
+  EXPECT_EQ(0, std::memcmp(ye.data(), yf.data(), ye.size() * 4)) << "NaN falls back to the exact path";
+  std::vector<float> z(size_t(K), 0.0f);
+  for (int64_t k = 600; k < K; ++k) z[size_t(k)] = 1e-35f;  // second block: tiny, quantised to 0
+  both(z, 1, ye, yf);
+  for (int64_t i = 0; i < N; ++i) {
+    EXPECT_TRUE(std::isfinite(yf[size_t(i)]));
+    EXPECT_NEAR(yf[size_t(i)], ye[size_t(i)], 1e-30);
+  }
+  std::fill(h.codebook.begin(), h.codebook.end(), 0.25f);  // range 0: s = 0
+  x = make_x(1, K, rng, false);
+  both(x, 1, ye, yf);
+  for (int64_t i = 0; i < N; ++i)  // only X's quantisation error remains
+    EXPECT_NEAR(yf[size_t(i)], ye[size_t(i)], fast_tolerance(h, x.data(), K, i, true));
+}
+
+TEST(KernelsHxqFast, ThreadCountDoesNotChangeResults) {
+  if (!fast_here()) GTEST_SKIP() << "no AVX-512 VBMI + VNNI";
+  IsaGuard guard;
+  HxqMathScope fast(HxqMath::Fast);
+  set_kernel_isa(Isa::Avx512);
+  std::mt19937 rng(11);
+  for (int64_t T : {1, 2, 3, 4}) {
+    const int64_t K = 1000, N = 1000;
+    const Hxq h = make_hxq(N, K, rng, false);
+    const std::vector<float> x = make_x(T, K, rng, false);
+    std::vector<float> y1(size_t(T * N)), y3(y1.size());
+    set_num_threads(1);
+    gemm_hxq(x.data(), T, h.view(true), y1.data());
+    set_num_threads(3);
+    gemm_hxq(x.data(), T, h.view(true), y3.data());
+    set_num_threads(0);
+    EXPECT_EQ(y1, y3) << "T=" << T;
+  }
+}
+
+TEST(KernelsHxqFast, MathScopeNestsAndRestores) {
+  const HxqMath before = hxq_math();
+  {
+    HxqMathScope a(HxqMath::Exact);
+    EXPECT_EQ(hxq_math(), HxqMath::Exact);
+    {
+      HxqMathScope b(HxqMath::Fast);
+      EXPECT_EQ(hxq_math(), HxqMath::Fast);
+    }
+    EXPECT_EQ(hxq_math(), HxqMath::Exact);
+  }
+  EXPECT_EQ(hxq_math(), before);
+  // Only the calling thread is affected.
+  HxqMathScope a(before == HxqMath::Fast ? HxqMath::Exact : HxqMath::Fast);
+  HxqMath other = hxq_math();
+  std::thread([&] { other = hxq_math(); }).join();
+  EXPECT_EQ(other, before);
 }

@@ -16,6 +16,25 @@ namespace hxq::detail {
 // Prefill regime: X is packed into blocks of mr rows (pack_x: [k][mr], rows past T zero), W
 // into panels of nr rows ([k][nr], rows past N zero), and micro() computes one mr x nr tile
 // C (+)= A · B over kc steps, storing only the first m rows and n columns.
+// Fast HXQ decode regime (AVX-512 VBMI + VNNI): X quantised to 16-bit integers per block of
+// kQBlock columns, x ≈ x̂ = scale[t][b] · q, q = 256 · hi + lo with hi, lo int8 (|q| <= 32639),
+// rows of kp = K rounded up to 64 bytes (zero padded). lanes[t][b][j] = 128 · Σ q over the
+// columns c of block b with (c mod 64) / 4 == j (the int32 lane that VPDPBUSD adds them into);
+// sum[t] = Σ_k x̂[t][k].
+inline constexpr int64_t kQBlock = 512;
+struct QuantX {
+  int64_t T = 0, K = 0, kp = 0, nb = 0;
+  int8_t* hi = nullptr;
+  int8_t* lo = nullptr;
+  float* scale = nullptr;   // [T][nb]
+  int32_t* lanes = nullptr;  // [T][nb][16], 64-byte aligned
+  double* sum = nullptr;    // [T]
+  // The codebook's 16-bit form, cb[e] ≈ z + s · (256 · cb_hi[e] + cb_lo[e]) (set by quant_x).
+  alignas(64) uint8_t cb_lo[256];
+  alignas(64) uint8_t cb_hi[256];
+  float z = 0, s = 0;
+};
+
 struct KernelSet {
   int64_t (*decode_kp)(int64_t K);
   void (*decode_prep_x)(const float* X, int64_t T, int64_t K, DType wdt, bool hxq, float* Xp);
@@ -37,6 +56,13 @@ struct KernelSet {
   // FMA chains, returning the floating-point operations done.
   uint64_t (*read_sum)(const void* p, size_t bytes);
   double (*fma_loop)(int64_t iters);
+
+  // Fast HXQ decode (nullptr where the ISA has none). quant_x fills q from X and the codebook
+  // (buffers sized by the caller) and returns false when X holds a non-finite value or the
+  // codebook's range overflows (the caller then takes the exact path). hxq_decode_fast writes
+  // Y[t, n] for n in [n0, n1), t < q.T <= 4, without the sidecar.
+  bool (*hxq_quant_x)(const float* X, const float* codebook, QuantX& q);
+  void (*hxq_decode_fast)(const QuantX& q, const HxqView& w, int64_t n0, int64_t n1, float* Y, int64_t ldy);
 };
 
 const KernelSet& kernels_avx2();

@@ -1,11 +1,15 @@
 #include "kernels/hxq_gemm.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
 
 namespace hxq {
@@ -25,6 +29,21 @@ inline int64_t sidecar_col(const HxqView& w, int64_t e, int64_t r) {
   int64_t c = w.sc_col[e];
   if (c < 0 || c >= w.cols) fail("gemm_hxq: sidecar column {} of row {} out of range [0, {})", c, r, w.cols);
   return c;
+}
+
+// Y[t, r] += X[t, col] · delta for the sidecar entries of rows [n0, n1).
+void add_sidecar(const float* X, int64_t T, const HxqView& w, int64_t n0, int64_t n1, float* Y) {
+  if (!w.sc_row_ptr) return;
+  const int64_t K = w.cols, N = w.rows;
+  for (int64_t r = n0; r < n1; ++r) {
+    int64_t e0, e1;
+    sidecar_range(w, r, e0, e1);
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t c = sidecar_col(w, e, r);
+      const float d = w.sc_delta[e];
+      for (int64_t t = 0; t < T; ++t) Y[t * N + r] += X[t * K + c] * d;
+    }
+  }
 }
 
 // The portable reference: decodes 16 rows at a time (codebook + sidecar) into float32.
@@ -67,6 +86,58 @@ void gemm_hxq_scalar(const float* X, int64_t T, const HxqView& w, float* Y) {
 
 }  // namespace
 
+namespace {
+
+int math_from_env() {
+  const char* e = std::getenv("HXQ_EXACT");
+  return e && std::strcmp(e, "1") == 0 ? int(HxqMath::Exact) : int(HxqMath::Fast);
+}
+std::atomic<int>& default_math() {
+  static std::atomic<int> m{math_from_env()};
+  return m;
+}
+thread_local int scoped_math = -1;
+
+// The fast decode regime; false when it does not apply (the caller takes the exact path).
+bool gemm_hxq_fast(const detail::KernelSet& ks, const float* X, int64_t T, const HxqView& w, float* Y) {
+  const int64_t K = w.cols, N = w.rows;
+  if (!ks.hxq_decode_fast || T > 4 || hxq_math() != HxqMath::Fast || !cpu_features().avx512vnni) return false;
+  thread_local detail::QuantX q;
+  q.T = T;
+  q.K = K;
+  q.kp = (K + 63) / 64 * 64;
+  q.nb = (K + detail::kQBlock - 1) / detail::kQBlock;
+  // One 64-byte aligned buffer: lanes, hi, lo, scale, sum.
+  thread_local detail::AlignedFloats buf;
+  const int64_t lanes_f = T * q.nb * 16, planes_f = T * q.kp / 4, scale_f = T * q.nb, sum_f = 2 * T;
+  float* base = buf.get(size_t(lanes_f + 2 * planes_f + scale_f + sum_f + 16));
+  q.lanes = reinterpret_cast<int32_t*>(base);
+  q.hi = reinterpret_cast<int8_t*>(base + lanes_f);
+  q.lo = reinterpret_cast<int8_t*>(base + lanes_f + planes_f);
+  q.scale = base + lanes_f + 2 * planes_f;
+  q.sum = reinterpret_cast<double*>(base + lanes_f + 2 * planes_f + scale_f + (scale_f & 1));
+  if (!ks.hxq_quant_x(X, w.codebook, q)) return false;
+  int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / std::max<int64_t>(1, K));
+  grain = (grain + 15) / 16 * 16;
+  detail::dynamic_for(N, grain, [&](int64_t n0, int64_t n1) {
+    ks.hxq_decode_fast(q, w, n0, n1, Y, N);
+    add_sidecar(X, T, w, n0, n1, Y);
+  });
+  return true;
+}
+
+}  // namespace
+
+HxqMath hxq_math() { return HxqMath(scoped_math >= 0 ? scoped_math : default_math().load(std::memory_order_relaxed)); }
+void set_hxq_math(HxqMath m) { default_math().store(int(m), std::memory_order_relaxed); }
+HxqMathScope::HxqMathScope(HxqMath m) : saved_(scoped_math) { scoped_math = int(m); }
+HxqMathScope::~HxqMathScope() { scoped_math = saved_; }
+
+bool hxq_fast_available() {
+  const detail::KernelSet* ks = detail::active_kernels();
+  return ks && ks->hxq_decode_fast && cpu_features().avx512vnni;
+}
+
 bool codebook_is_bf16_exact(const float* cb, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t u;
@@ -88,18 +159,10 @@ void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
   const detail::KernelSet* ks = detail::active_kernels();
   if (!ks) return gemm_hxq_scalar(X, T, w, Y);
   if (detail::use_decode(T, K, true)) {
+    if (gemm_hxq_fast(*ks, X, T, w, Y)) return;
     detail::decode_driver(*ks, X, T, K, DType::U8, true, N, K, [&](const float* Xp, int64_t n0, int64_t n1) {
       ks->hxq_decode(Xp, T, w, n0, n1, Y, N);
-      if (!w.sc_row_ptr) return;
-      for (int64_t r = n0; r < n1; ++r) {
-        int64_t e0, e1;
-        sidecar_range(w, r, e0, e1);
-        for (int64_t e = e0; e < e1; ++e) {
-          const int64_t c = sidecar_col(w, e, r);
-          const float d = w.sc_delta[e];
-          for (int64_t t = 0; t < T; ++t) Y[t * N + r] += X[t * K + c] * d;
-        }
-      }
+      add_sidecar(X, T, w, n0, n1, Y);
     });
     return;
   }

@@ -25,9 +25,36 @@ struct HxqView {
 // Whether all n entries of cb are exactly representable as BF16 (low 16 bits zero).
 bool codebook_is_bf16_exact(const float* cb, int64_t n);
 
-// Y [T, rows] = X [T, cols] · Wᵀ (+ sidecar), row-major float32, not overlapping. The codebook
-// values are used exactly (float32); same regimes, threading and ISA dispatch as gemm_dense.
-// A sidecar with decreasing row pointers or a column outside [0, cols) throws hxq::Error.
+// How the decode regime (T <= 4 rows of X) computes HXQ products:
+// * Fast (default): on AVX-512 with VBMI and VNNI, integer dot products on a 16-bit form of the
+//   codebook (affine, error <= (max − min) / 131070 per entry) and of X (per 512-column block,
+//   error <= max|x| / 65278 per element); ~1.7× the exact path's speed, at the memory-bandwidth
+//   limit. Everywhere else (other ISAs, larger T, non-finite X) it is the exact path.
+// * Exact: float32 codebook values and X, exact products, float32 sums (every ISA, every T).
+// The sidecar is always added exactly. Prefill (larger T) is always exact.
+enum class HxqMath { Fast, Exact };
+// The math of this thread: the innermost HxqMathScope, else the process default (initialised from
+// the environment variable HXQ_EXACT: "1" = Exact; set_hxq_math changes it).
+HxqMath hxq_math();
+void set_hxq_math(HxqMath m);
+// Overrides the math on the calling thread while it lives (e.g. one model of a comparison).
+class HxqMathScope {
+ public:
+  explicit HxqMathScope(HxqMath m);
+  ~HxqMathScope();
+  HxqMathScope(const HxqMathScope&) = delete;
+  HxqMathScope& operator=(const HxqMathScope&) = delete;
+
+ private:
+  int saved_;
+};
+// Whether HxqMath::Fast has a fast kernel on this machine with the current kernel ISA.
+bool hxq_fast_available();
+
+// Y [T, rows] = X [T, cols] · Wᵀ (+ sidecar), row-major float32, not overlapping. Exact float32
+// codebook values unless hxq_math() is Fast and the fast kernel applies (see HxqMath); same
+// regimes, threading and ISA dispatch as gemm_dense. A sidecar with decreasing row pointers or a
+// column outside [0, cols) throws hxq::Error.
 void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y);
 
 }  // namespace hxq

@@ -366,7 +366,7 @@ double fma_loop(int64_t iters) {
 
 const KernelSet& kernels_avx2() {
   static const KernelSet ks{decode_kp, decode_prep_x, dense_decode, hxq_decode, kMR, kNR, pack_x,
-                            dense_pack_w, hxq_pack_w, micro, read_sum, fma_loop};
+                            dense_pack_w, hxq_pack_w, micro, read_sum, fma_loop, nullptr, nullptr};
   return ks;
 }
 
