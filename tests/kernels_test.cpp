@@ -561,7 +561,8 @@ TEST(KernelsHxqFast, ThreadCountDoesNotChangeResults) {
   set_kernel_isa(Isa::Avx512);
   std::mt19937 rng(11);
   for (int64_t T : {1, 2, 3, 4}) {
-    const int64_t K = 1000, N = 1000;
+    // Enough rows (16 MB of indices, ~60 row chunks) that the workers take part for sure.
+    const int64_t K = 1000, N = T == 1 ? 16000 : 1000;
     const Hxq h = make_hxq(N, K, rng, false);
     const std::vector<float> x = make_x(T, K, rng, false);
     std::vector<float> y1(size_t(T * N)), y3(y1.size());
@@ -571,6 +572,16 @@ TEST(KernelsHxqFast, ThreadCountDoesNotChangeResults) {
     gemm_hxq(x.data(), T, h.view(true), y3.data());
     set_num_threads(0);
     EXPECT_EQ(y1, y3) << "T=" << T;
+    // Every row really computed (not only the calling thread's share): close to the exact path.
+    std::vector<float> ye(y1.size());
+    {
+      HxqMathScope exact(HxqMath::Exact);
+      set_num_threads(3);
+      gemm_hxq(x.data(), T, h.view(true), ye.data());
+      set_num_threads(0);
+    }
+    for (size_t i = 0; i < ye.size(); ++i)
+      ASSERT_NEAR(y3[i], ye[i], fast_tolerance(h, x.data() + (int64_t(i) / N) * K, K, int64_t(i) % N, true)) << i;
   }
 }
 

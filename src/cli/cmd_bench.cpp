@@ -53,6 +53,7 @@ void add_bench(CLI::App& app) {
     std::string model;
     BenchOptions b;
     int threads = 0;
+    bool exact = false;
     bool json = false, membw_only = false;
     double membw_mb = 512;
   };
@@ -70,9 +71,11 @@ void add_bench(CLI::App& app) {
   sub->add_flag("--membw", o->membw_only, "Only measure the machine's read bandwidth and peak FMA rate");
   sub->add_flag("--json", o->json, "Print one JSON object");
   add_threads_option(sub, o->threads);
+  add_exact_option(sub, o->exact);
   sub->callback([o] {
     if (!o->membw_only && o->model.empty()) usage_fail("bench: --model is required (or --membw)");
     apply_threads(o->threads);
+    apply_exact(o->exact);
     const size_t membw_bytes = size_t(o->membw_mb * double(1 << 20));
     if (o->membw_only) {
       const double bw = membw_bytes ? measure_read_bandwidth_gbps(membw_bytes, pool(), std::max(7, o->b.repeats)) : 0.0;

@@ -39,6 +39,7 @@ void add_generate(CLI::App& app) {
     int64_t n = 128;
     SamplingOptions s;
     int threads = 0;
+    bool exact = false;
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
@@ -52,9 +53,11 @@ void add_generate(CLI::App& app) {
   sub->add_option("--seed", o->s.seed, "Random seed for sampling (default 0)");
   sub->add_flag("--json", o->json, "Print one JSON object instead of streaming text");
   add_threads_option(sub, o->threads);
+  add_exact_option(sub, o->exact);
   sub->callback([o] {
     Sampler sampler(o->s);  // validates the sampling options (usage errors) before loading
     apply_threads(o->threads);
+    apply_exact(o->exact);
     auto tok = Tokenizer::load(o->model);
     auto model = load_model(o->model);
     std::vector<int32_t> prompt;

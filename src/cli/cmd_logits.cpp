@@ -15,6 +15,7 @@ void add_logits(CLI::App& app) {
   struct Opts {
     std::string model, ids_file, out;
     int threads = 0;
+    bool exact = false;
     int64_t chunk = 512;
     bool json = false;
   };
@@ -26,11 +27,13 @@ void add_logits(CLI::App& app) {
   sub->add_option("--chunk", o->chunk, "Tokens per forward pass (bounds memory)")->check(CLI::Range(1, 1 << 20));
   sub->add_flag("--json", o->json, "Print a JSON summary on stdout (needs --out)");
   add_threads_option(sub, o->threads);
+  add_exact_option(sub, o->exact);
   sub->callback([o] {
     if (o->out.empty() && o->json) usage_fail("logits: --json needs --out (the logits go to stdout otherwise)");
     if (o->out.empty() && isatty(STDOUT_FILENO))
       usage_fail("logits: refusing to write binary logits to a terminal; use --out FILE or redirect stdout");
     apply_threads(o->threads);
+    apply_exact(o->exact);
     auto ids = read_ids_file(o->ids_file);
     if (ids.empty()) fail("{}: no token ids", o->ids_file);
     auto model = load_model(o->model);

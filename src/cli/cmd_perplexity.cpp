@@ -23,7 +23,7 @@ struct EvalOpts {
   std::string model, file, ids_file, protocol = "hf";
   int64_t ctx = -1, stride = 512, max_tokens = 0;
   int threads = 0;
-  bool json = false;
+  bool json = false, stepwise = false, exact = false, base_exact = false;
 };
 
 void add_eval_options(CLI::App* sub, EvalOpts& o) {
@@ -37,8 +37,18 @@ void add_eval_options(CLI::App* sub, EvalOpts& o) {
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
   sub->add_option("--max-tokens", o.max_tokens, "Evaluate only the first N tokens")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  sub->add_flag("--stepwise", o.stepwise,
+                "Score as generation runs: each scored token fed alone (decode kernels, recurrent state / KV cache)");
   sub->add_flag("--json", o.json, "Print one JSON object on stdout");
   add_threads_option(sub, o.threads);
+  add_exact_option(sub, o.exact);
+}
+
+EvalOptions eval_options(const EvalOpts& o) {
+  EvalOptions e;
+  e.stepwise = o.stepwise;
+  if (o.base_exact) e.math = HxqMath::Exact;
+  return e;
 }
 
 struct Prepared {
@@ -90,6 +100,7 @@ void add_perplexity(CLI::App& app) {
   add_eval_options(sub, *o);
   sub->callback([o] {
     apply_threads(o->threads);
+    apply_exact(o->exact);
     auto p = prepare(*o, o->model);
     auto model = load_model(o->model);
     int64_t total = 0;
@@ -101,7 +112,7 @@ void add_perplexity(CLI::App& app) {
     auto r = perplexity(*model, p.ids, p.windows, p.bos, [&](size_t, size_t, int64_t scored, double ppl) {
       bar.set_suffix(fmt::format("PPL {:.4f}", ppl));
       bar.set_done(uint64_t(scored));
-    });
+    }, eval_options(*o));
     bar.finish();
     const double tps = double(r.count) / r.seconds;
     if (o->json) {
@@ -123,8 +134,12 @@ void add_kl(CLI::App& app) {
   sub->add_option("-m,--model", o->model, "Base model directory (the reference distribution)")->required();
   sub->add_option("--other", *other, "Model to compare (e.g. its HXQ compression)")->required();
   add_eval_options(sub, *o);
+  sub->add_flag("--base-exact", o->base_exact,
+                "Run only the base model (-m) with exact float32 HXQ math, e.g. to measure the fast decode "
+                "kernels' effect with -m DIR --other DIR --stepwise");
   sub->callback([o, other] {
     apply_threads(o->threads);
+    apply_exact(o->exact);
     auto p = prepare(*o, o->model);
     auto base = load_model(o->model);
     auto oth = load_model(*other);
@@ -136,7 +151,7 @@ void add_kl(CLI::App& app) {
     Progress bar("kl", uint64_t(total), po);
     auto k = kl_divergence(*base, *oth, p.ids, p.windows, p.bos, [&](size_t, size_t, int64_t scored, double) {
       bar.set_done(uint64_t(scored));
-    });
+    }, eval_options(*o));
     bar.finish();
     const double dppl = 100.0 * (k.other.ppl / k.base.ppl - 1.0);
     if (o->json) {

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/mmap.h"
 #include "core/threadpool.h"
+#include "kernels/hxq_gemm.h"
 
 namespace hxq::cli {
 
@@ -13,6 +14,15 @@ void add_threads_option(CLI::App* sub, int& threads) {
 }
 
 void apply_threads(int threads) { set_num_threads(threads); }
+
+void add_exact_option(CLI::App* sub, bool& exact) {
+  sub->add_flag("--exact", exact, "HXQ: exact float32 codebook math in the decode kernels (default: fast 16-bit integer "
+                                  "kernels where the CPU has AVX-512 VNNI; same as HXQ_EXACT=1)");
+}
+
+void apply_exact(bool exact) {
+  if (exact) set_hxq_math(HxqMath::Exact);
+}
 
 std::vector<int32_t> read_ids_file(const std::string& path) {
   std::string bytes = read_text_file(path);

@@ -11,6 +11,10 @@ namespace hxq::cli {
 // Adds --threads N (default: all cores) and returns the storage it writes to.
 void add_threads_option(CLI::App* sub, int& threads);
 void apply_threads(int threads);
+// Adds --exact: HXQ products with exact float32 codebook values instead of the fast 16-bit
+// integer decode kernels (same as HXQ_EXACT=1).
+void add_exact_option(CLI::App* sub, bool& exact);
+void apply_exact(bool exact);
 
 // Little-endian int32 token ids (throws Error naming the file if the size is not a multiple of 4).
 std::vector<int32_t> read_ids_file(const std::string& path);

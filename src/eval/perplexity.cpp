@@ -40,7 +40,10 @@ constexpr int64_t kScoreRows = 512;
 // the logits that predict targets [first, end).
 template <typename F>
 void run_window(const Model& m, ModelState& st, std::span<const int32_t> ids, const EvalWindow& w,
-                std::optional<int32_t> bos, std::vector<float>& buf, F&& on_rows) {
+                std::optional<int32_t> bos, std::vector<float>& buf, bool stepwise, std::optional<HxqMath> math,
+                F&& on_rows) {
+  std::optional<HxqMathScope> scope;
+  if (math) scope.emplace(*math);
   const int64_t V = m.vocab_size();
   std::vector<int32_t> x(ids.begin() + w.begin, ids.begin() + w.end);
   if (w.bos_first && bos) x[0] = *bos;
@@ -48,8 +51,9 @@ void run_window(const Model& m, ModelState& st, std::span<const int32_t> ids, co
   // Positions before first-1 produce no scored logits: feed them without the lm_head.
   const int64_t lead = w.first - 1 - w.begin;
   if (lead > 0) m.forward(st, std::span(x).first(size_t(lead)), lead, nullptr);
-  for (int64_t p = lead; p < int64_t(x.size()) - 1; p += kScoreRows) {
-    int64_t rows = std::min<int64_t>(kScoreRows, int64_t(x.size()) - 1 - p);
+  const int64_t step = stepwise ? 1 : kScoreRows;
+  for (int64_t p = lead; p < int64_t(x.size()) - 1; p += step) {
+    int64_t rows = std::min<int64_t>(step, int64_t(x.size()) - 1 - p);
     buf.resize(size_t(rows * V));
     m.forward(st, std::span(x).subspan(size_t(p), size_t(rows)), 0, buf.data());
     on_rows(buf.data(), rows, w.begin + p + 1);
@@ -75,7 +79,7 @@ void finish(PerplexityResult& r, double sum_sq) {
 }  // namespace
 
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, const std::vector<EvalWindow>& windows,
-                            std::optional<int32_t> bos, const EvalProgress& progress) {
+                            std::optional<int32_t> bos, const EvalProgress& progress, const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   const int64_t V = model.vocab_size();
   for (auto id : ids)
@@ -88,7 +92,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, co
   for (size_t wi = 0; wi < windows.size(); ++wi) {
     const auto& w = windows[wi];
     WindowNll wn{w, 0.0};
-    run_window(model, *st, ids, w, bos, buf, [&](const float* logits, int64_t rows, int64_t tgt0) {
+    run_window(model, *st, ids, w, bos, buf, opt.stepwise, opt.math, [&](const float* logits, int64_t rows, int64_t tgt0) {
       row_nll.assign(size_t(rows), 0.0);
       pool().parallel_for(rows, [&](int64_t b, int64_t e, int) {
         for (int64_t i = b; i < e; ++i) {
@@ -117,7 +121,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, co
 
 KlResult kl_divergence(const Model& base, const Model& other, std::span<const int32_t> ids,
                        const std::vector<EvalWindow>& windows, std::optional<int32_t> bos,
-                       const EvalProgress& progress) {
+                       const EvalProgress& progress, const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
   const int64_t V = base.vocab_size();
   if (other.vocab_size() != V) fail("kl: vocabulary sizes differ ({} vs {})", V, other.vocab_size());
@@ -133,12 +137,12 @@ KlResult kl_divergence(const Model& base, const Model& other, std::span<const in
     const auto& w = windows[wi];
     // Collect the base logits of the window block by block, then the other model's, and compare.
     std::vector<float> base_logits;
-    run_window(base, *sb, ids, w, bos, bufb, [&](const float* lg, int64_t rows, int64_t) {
+    run_window(base, *sb, ids, w, bos, bufb, opt.stepwise, opt.math, [&](const float* lg, int64_t rows, int64_t) {
       base_logits.insert(base_logits.end(), lg, lg + rows * V);
     });
     int64_t off = 0;
     WindowNll wb{w, 0.0}, wo{w, 0.0};
-    run_window(other, *so, ids, w, bos, bufo, [&](const float* lo, int64_t rows, int64_t tgt0) {
+    run_window(other, *so, ids, w, bos, bufo, opt.stepwise, opt.other_math, [&](const float* lo, int64_t rows, int64_t tgt0) {
       const size_t R = static_cast<size_t>(rows);
       std::vector<double> kl(R), nb(R), no(R);
       std::vector<char> same(R);

@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/hxq_gemm.h"
 #include "models/model.h"
 
 namespace hxq {
@@ -41,8 +42,17 @@ struct PerplexityResult {
 // progress(windows_done, windows_total, tokens_scored_so_far, running_ppl)
 using EvalProgress = std::function<void(size_t, size_t, int64_t, double)>;
 
+struct EvalOptions {
+  // Score the way generation runs: the unscored head of each window as one prefill, then every
+  // scored position as its own one-token forward (recurrent state / KV cache, decode kernels).
+  bool stepwise = false;
+  // HXQ kernel math per model (kl: base, other); unset = the process default (hxq_math()).
+  std::optional<HxqMath> math, other_math;
+};
+
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, const std::vector<EvalWindow>& windows,
-                            std::optional<int32_t> bos, const EvalProgress& progress = {});
+                            std::optional<int32_t> bos, const EvalProgress& progress = {},
+                            const EvalOptions& opt = {});
 
 struct KlResult {
   PerplexityResult base, other;
@@ -53,6 +63,6 @@ struct KlResult {
 
 KlResult kl_divergence(const Model& base, const Model& other, std::span<const int32_t> ids,
                        const std::vector<EvalWindow>& windows, std::optional<int32_t> bos,
-                       const EvalProgress& progress = {});
+                       const EvalProgress& progress = {}, const EvalOptions& opt = {});
 
 }  // namespace hxq

@@ -102,7 +102,8 @@ thread_local int scoped_math = -1;
 bool gemm_hxq_fast(const detail::KernelSet& ks, const float* X, int64_t T, const HxqView& w, float* Y) {
   const int64_t K = w.cols, N = w.rows;
   if (!ks.hxq_decode_fast || T > 4 || hxq_math() != HxqMath::Fast || !cpu_features().avx512vnni) return false;
-  thread_local detail::QuantX q;
+  // (A local, not thread_local: the pool's workers must see this thread's object.)
+  detail::QuantX q;
   q.T = T;
   q.K = K;
   q.kp = (K + 63) / 64 * 64;
