@@ -9,6 +9,7 @@
 #include "core/threadpool.h"
 #include "eval/bench.h"
 #include "kernels/cpu_features.h"
+#include "kernels/hxq_gemm.h"
 #include "kernels/membw.h"
 #include "models/model.h"
 
@@ -22,6 +23,12 @@ nlohmann::json summary_json(const ModelSummary& s) {
           {"hxq_modules", s.hxq_modules}};
 }
 
+// "fast" (16-bit integer decode kernels), "exact", or "exact (no fast kernel on this CPU)".
+std::string hxq_math_name() {
+  if (hxq_math() == HxqMath::Exact) return "exact";
+  return hxq_fast_available() ? "fast" : "exact (no fast kernel on this CPU)";
+}
+
 void print_table(const std::string& dir, const BenchResult& r, double load_s) {
   const auto& m = r.model;
   std::printf("model    %s: %s, %lld layers, hidden %lld, %.1fM params, %.1f MB weights (loaded in %.2f s)\n",
@@ -29,6 +36,7 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
               double(m.weight_bytes) / 1e6, load_s);
   std::printf("machine  %d thread%s, %s kernels, ", r.threads, r.threads == 1 ? "" : "s",
               std::string(isa_name(kernel_isa())).c_str());
+  if (m.hxq_modules > 0) std::printf("HXQ decode %s, ", hxq_math_name().c_str());
   if (r.membw_gb_per_s > 0) std::printf("read bandwidth %.1f GB/s (median of %zu)\n", r.membw_gb_per_s, r.membw_runs.size());
   else std::printf("read bandwidth not measured\n");
   std::printf("\n%-9s %8s %12s %12s %9s\n", "phase", "tokens", "tokens/s", "ceiling", "of ceil.");
@@ -100,6 +108,7 @@ void add_bench(CLI::App& app) {
                        {"summary", summary_json(r.model)},
                        {"threads", r.threads},
                        {"isa", std::string(isa_name(kernel_isa()))},
+                       {"hxq_math", hxq_math_name()},
                        {"prompt_tokens", r.prompt},
                        {"gen_tokens", r.gen},
                        {"repeats", r.repeats},
