@@ -302,7 +302,7 @@ void hxq_decode(const float* Xp, int64_t T, const HxqView& w, int64_t n0, int64_
 // between a large Σ u·q and the zero-point term), the code is re-centred, u' = u − 32768, and
 // the block's 32768·Σq is removed in integers, lane by lane (QuantX::lanes):
 //   y = s · Σ_b sx_b · (256 · (256·hh_b + m_b − lanes_b) + ll_b) + (z + 32768·s) · Σ_k x̂_k.
-// Bounds per lane and block (32 products): |256·hh + m| ≤ 32·(255·128)·257 < 2^31, |lanes| ≤
+// Bounds per lane and block (32 products): |256·hh + m| ≤ 32·(255·128)·258 < 2^31, |lanes| ≤
 // 128·32·32639 < 2^31, and their difference is 32 products of |u'| ≤ 32768 by |q| ≤ 32639 over
 // 256: < 2^27.
 
@@ -393,23 +393,22 @@ bool hxq_quant_x(const float* X, const float* codebook, QuantX& q) {
   return true;
 }
 
-// R rows of W (indices w + r·K) against TT rows of q; Y[t·ldy + r]. With one row of X the
-// two middle products get separate accumulators (shorter dependency chains); with more, one
-// (registers: R·TT·3 accumulators + 8 table registers).
+// R rows of W (indices w + r·K) against TT rows of q; Y[t·ldy + r]. Registers: R·TT·3 integer
+// accumulators (the two middle products share one: measured as fast as separate ones at T = 1)
+// + R·TT float accumulators + 8 table registers.
 template <int R, int TT>
 inline void fast_tile(const uint8_t* w, int64_t K, const QuantX& q, const HxqFastTables& tb, float* Y, int64_t ldy) {
   // Prefetch (into L2) the rows two tiles ahead: with one tile ahead the row streams start too
   // late (measured one core, 8512×2048, T = 1: 18.7 → 24.1 GB/s).
   constexpr int64_t kAhead = 2 * R;
-  constexpr bool kSplitMid = TT == 1;
   __m512 f[R][TT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) f[r][t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < q.nb; ++b) {
     const int64_t k0 = b * kQBlock, k1 = std::min(K, k0 + kQBlock);
-    __m512i hh[R][TT], m1[R][TT], m2[R][TT], ll[R][TT];
+    __m512i hh[R][TT], mid[R][TT], ll[R][TT];
     for (int r = 0; r < R; ++r)
-      for (int t = 0; t < TT; ++t) hh[r][t] = m1[r][t] = m2[r][t] = ll[r][t] = _mm512_setzero_si512();
+      for (int t = 0; t < TT; ++t) hh[r][t] = mid[r][t] = ll[r][t] = _mm512_setzero_si512();
     for (int64_t k = k0; k < k1; k += 64) {
       const int64_t rem = k1 - k;
       for (int r = 0; r < R; ++r) {
@@ -425,9 +424,8 @@ inline void fast_tile(const uint8_t* w, int64_t K, const QuantX& q, const HxqFas
         for (int t = 0; t < TT; ++t) {
           const __m512i xh = _mm512_load_si512(q.hi + t * q.kp + k), xl = _mm512_load_si512(q.lo + t * q.kp + k);
           hh[r][t] = _mm512_dpbusd_epi32(hh[r][t], uh, xh);
-          m1[r][t] = _mm512_dpbusd_epi32(m1[r][t], uh, xl);
-          if (kSplitMid) m2[r][t] = _mm512_dpbusd_epi32(m2[r][t], ul, xh);
-          else m1[r][t] = _mm512_dpbusd_epi32(m1[r][t], ul, xh);
+          mid[r][t] = _mm512_dpbusd_epi32(mid[r][t], uh, xl);
+          mid[r][t] = _mm512_dpbusd_epi32(mid[r][t], ul, xh);
           ll[r][t] = _mm512_dpbusd_epi32(ll[r][t], ul, xl);
         }
       }
@@ -437,9 +435,7 @@ inline void fast_tile(const uint8_t* w, int64_t K, const QuantX& q, const HxqFas
       const __m512 sx = _mm512_set1_ps(sxf), sx256 = _mm512_set1_ps(256.0f * sxf);
       const __m512i lanes = _mm512_load_si512(q.lanes + (t * q.nb + b) * 16);
       for (int r = 0; r < R; ++r) {
-        __m512i mid = m1[r][t];
-        if (kSplitMid) mid = _mm512_add_epi32(mid, m2[r][t]);
-        const __m512i a = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(hh[r][t], 8), mid), lanes);
+        const __m512i a = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(hh[r][t], 8), mid[r][t]), lanes);
         f[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), sx256, f[r][t]);
         f[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ll[r][t]), sx, f[r][t]);
       }
