@@ -1,0 +1,397 @@
+// CUDA matrix kernels: HXQ (u8 indices into a float32 codebook + CSR sidecar) and BF16 weights,
+// Y[T, N] = X[T, K] · Wᵀ in float32. Matvec (T <= 8), tiled matmul, and a simple fallback.
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_util.cuh"
+
+namespace hxq::cuda {
+
+using detail::check;
+using detail::check_launch;
+
+namespace {
+
+// ---- weight decoders (one element at (row, k); used by the simple and matmul kernels) ----
+
+struct HxqElem {
+  const uint8_t* idx;
+  const float* cb;  // global or shared codebook
+  int64_t K;
+  __device__ float operator()(int64_t r, int64_t k) const { return cb[idx[r * K + k]]; }
+};
+
+struct Bf16Elem {
+  const uint16_t* w;
+  int64_t K;
+  __device__ float operator()(int64_t r, int64_t k) const { return __uint_as_float(uint32_t(w[r * K + k]) << 16); }
+};
+
+// Y[t, r] += Σ_e X[t, col_e] · delta_e over row r's sidecar entries, in entry order.
+__device__ __forceinline__ float add_sidecar(float y, const float* X, int64_t K, int64_t t, int64_t r,
+                                             const int64_t* rp, const int32_t* col, const float* delta) {
+  if (rp)
+    for (int64_t e = rp[r]; e < rp[r + 1]; ++e) y = fmaf(X[t * K + col[e]], delta[e], y);
+  return y;
+}
+
+// ---- simple kernel: one block (128 threads) per (row, t), tree reduction in shared memory ----
+
+constexpr int kSimpleThreads = 128;
+
+template <class W>
+__global__ void __launch_bounds__(kSimpleThreads)
+    gemm_simple_kernel(const float* X, int64_t T, int64_t K, int64_t N, W w, const int64_t* rp, const int32_t* col,
+                       const float* delta, float* Y) {
+  __shared__ float red[kSimpleThreads];
+  const int64_t r = blockIdx.x;
+  for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
+    float acc = 0.0f;
+    for (int64_t k = threadIdx.x; k < K; k += kSimpleThreads) acc = fmaf(X[t * K + k], w(r, k), acc);
+    red[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = kSimpleThreads / 2; s > 0; s >>= 1) {
+      if (int(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) Y[t * N + r] = add_sidecar(red[0], X, K, t, r, rp, col, delta);
+    __syncthreads();  // red[] is rewritten by the next t
+  }
+}
+
+// ---- matvec kernel (T <= 8) ----
+//
+// Persistent blocks of nwarps (2..8) warps. Block-wide: the HXQ codebook replicated 32 times in
+// shared memory as cbs[entry * 32 + lane] (lane l reads bank l: conflict-free for any indices).
+// A block takes groups of R consecutive rows (grid-stride); warp w handles K-chunks w, w + nwarps,
+// ... of 32 × EPV elements (EPV = 16 u8 indices or 8 BF16 weights = one 16-byte load per lane and
+// row). Each lane accumulates acc[r][t] in fp32; then a warp shuffle reduction, the per-warp sums
+// in shared memory, __syncthreads, and thread (r, t) adds the warps' sums in warp order plus the
+// sidecar and writes Y[t, row]. VEC = false (K % EPV != 0 or misaligned pointers): per-element
+// loads with a bounds check on every k.
+
+constexpr int kCbCopies = 32;
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+template <int T, int R, bool VEC, bool HXQ>
+__global__ void __launch_bounds__(256)
+    matvec_kernel(const float* __restrict__ X, int64_t K, int64_t N, const void* __restrict__ Wp,
+                  const float* __restrict__ cb, const int64_t* __restrict__ rp, const int32_t* __restrict__ col,
+                  const float* __restrict__ delta, float* __restrict__ Y) {
+  extern __shared__ float smem[];
+  float* cbs = smem;                                   // HXQ: 256 * 32 floats
+  float* red = smem + (HXQ ? 256 * kCbCopies : 0);     // nwarps * R * T floats
+  constexpr int EPV = HXQ ? 16 : 8;                    // elements per 16-byte vector
+  constexpr int EPW = EPV / 4;                         // elements per 32-bit word
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, nwarps = int(blockDim.x) >> 5;
+  if constexpr (HXQ) {
+    for (int i = threadIdx.x; i < 256 * kCbCopies; i += blockDim.x) cbs[i] = cb[i / kCbCopies];
+    __syncthreads();
+  }
+  const uint8_t* W8 = static_cast<const uint8_t*>(Wp);
+  const uint16_t* W16 = static_cast<const uint16_t*>(Wp);
+  const int64_t chunk = int64_t(32) * EPV;
+  const int64_t nchunks = (K + chunk - 1) / chunk;
+  const int64_t ngroups = (N + R - 1) / R;
+
+  for (int64_t grp = blockIdx.x; grp < ngroups; grp += gridDim.x) {
+    const int64_t r0 = grp * R;
+    float acc[R][T];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < T; ++t) acc[r][t] = 0.0f;
+
+    for (int64_t c = warp; c < nchunks; c += nwarps) {
+      const int64_t k0 = c * chunk + int64_t(lane) * EPV;
+      if (k0 >= K) continue;
+      if constexpr (VEC) {
+        // K % EPV == 0 here, so all EPV elements from k0 are inside the row.
+        uint4 wv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (r0 + r < N) {
+            const uint4* src = HXQ ? reinterpret_cast<const uint4*>(W8 + (r0 + r) * K + k0)
+                                   : reinterpret_cast<const uint4*>(W16 + (r0 + r) * K + k0);
+            wv[r] = __ldcs(src);
+          } else {
+            wv[r] = make_uint4(0, 0, 0, 0);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float xv[T][EPW];
+#pragma unroll
+          for (int t = 0; t < T; ++t) {
+            const float* xp = X + t * K + k0 + j * EPW;
+            if constexpr (EPW == 4) {
+              const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
+              xv[t][0] = v.x;
+              xv[t][1] = v.y;
+              xv[t][2] = v.z;
+              xv[t][3] = v.w;
+            } else {
+              const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
+              xv[t][0] = v.x;
+              xv[t][1] = v.y;
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const uint32_t wd = word_of(wv[r], j);
+#pragma unroll
+            for (int b = 0; b < EPW; ++b) {
+              float wf;
+              if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
+              else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
+#pragma unroll
+              for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
+            }
+          }
+        }
+      } else {
+        for (int e = 0; e < EPV; ++e) {
+          const int64_t k = k0 + e;
+          if (k >= K) break;
+          float xv[T];
+#pragma unroll
+          for (int t = 0; t < T; ++t) xv[t] = X[t * K + k];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            if (r0 + r >= N) continue;
+            float wf;
+            if constexpr (HXQ) wf = cbs[int(W8[(r0 + r) * K + k]) * kCbCopies + lane];
+            else wf = __uint_as_float(uint32_t(W16[(r0 + r) * K + k]) << 16);
+#pragma unroll
+            for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t], acc[r][t]);
+          }
+        }
+      }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        float v = acc[r][t];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0) red[warp * (R * T) + r * T + t] = v;
+      }
+    __syncthreads();
+    if (int(threadIdx.x) < R * T) {
+      const int r = int(threadIdx.x) / T, t = int(threadIdx.x) % T;
+      const int64_t row = r0 + r;
+      if (row < N) {
+        float y = 0.0f;
+        for (int w = 0; w < nwarps; ++w) y += red[w * (R * T) + threadIdx.x];
+        Y[t * N + row] = add_sidecar(y, X, K, t, row, rp, col, delta);
+      }
+    }
+    __syncthreads();  // red[] is rewritten by the next group
+  }
+}
+
+// ---- tiled matmul (any T) ----
+//
+// Block = 256 threads (16 x 16), output tile 128 (T) x 128 (N), K-steps of 16. Each step loads
+// X[m0.., k0..] into As[k][m] and the decoded W[n0.., k0..] into Bs[k][n] (zero outside the
+// matrix), then every thread does an 8 x 8 register tile of exact fp32 FMAs: rows ty*4 + {0..3}
+// and 64 + ty*4 + {0..3}, columns likewise with tx (float4 shared-memory reads). Rows of As/Bs are
+// padded by 4 floats to spread the transposing stores over the banks.
+
+constexpr int kBM = 128, kBN = 128, kBK = 16, kPad = 4;
+
+template <class W>
+__global__ void __launch_bounds__(256, 2)
+    matmul_kernel(const float* __restrict__ X, int64_t T, int64_t K, int64_t N, W w, float* __restrict__ Y) {
+  __shared__ __align__(16) float As[kBK][kBM + kPad];
+  __shared__ __align__(16) float Bs[kBK][kBN + kPad];
+  __shared__ float cbs[256];
+  const int tid = int(threadIdx.x), tx = tid & 15, ty = tid >> 4;
+  const int64_t m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
+  if constexpr (std::is_same_v<W, HxqElem>) {
+    cbs[tid] = w.cb[tid];  // blockDim == 256
+    __syncthreads();
+    w.cb = cbs;
+  }
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
+#pragma unroll
+    for (int i = 0; i < (kBM * kBK) / 256; ++i) {
+      const int e = tid + 256 * i, m = e >> 4, k = e & 15;
+      const int64_t gm = m0 + m, gk = k0 + k;
+      As[k][m] = (gm < T && gk < K) ? X[gm * K + gk] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < (kBN * kBK) / 256; ++i) {
+      const int e = tid + 256 * i, n = e >> 4, k = e & 15;
+      const int64_t gn = n0 + n, gk = k0 + k;
+      Bs[k][n] = (gn < N && gk < K) ? w(gn, gk) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kBK; ++k) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&As[k][ty * 4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&As[k][64 + ty * 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[k][tx * 4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[k][64 + tx * 4]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t gm = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4));
+    if (gm >= T) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t gn = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + (j - 4));
+      if (gn < N) Y[gm * N + gn] = acc[i][j];
+    }
+  }
+}
+
+// Y[t, r] += sidecar of row r, one thread per (r, t) (after the matmul; rows without entries
+// return at once).
+__global__ void sidecar_kernel(const float* X, int64_t T, int64_t K, int64_t N, const int64_t* rp, const int32_t* col,
+                               const float* delta, float* Y) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= N || rp[r] == rp[r + 1]) return;
+  for (int64_t t = blockIdx.y; t < T; t += gridDim.y) Y[t * N + r] = add_sidecar(Y[t * N + r], X, K, t, r, rp, col, delta);
+}
+
+// ---- launchers ----
+
+void check_sizes(const char* what, const float* X, int64_t T, int64_t K, const void* W, int64_t N, const float* Y) {
+  if (T < 0 || K < 0 || N < 0) detail::fail_msg(what, "negative size");
+  if (T > 0 && N > 0 && (!Y || (K > 0 && (!X || !W)))) detail::fail_msg(what, "null pointer");
+}
+
+template <int T, bool HXQ>
+void launch_matvec_t(const float* X, int64_t K, int64_t N, const void* W, const float* cb, const int64_t* rp,
+                     const int32_t* col, const float* delta, float* Y, cudaStream_t s) {
+  constexpr int R = T <= 4 ? 4 : 8;
+  constexpr int EPV = HXQ ? 16 : 8;
+  const int64_t nchunks = (K + 32 * EPV - 1) / (32 * EPV);
+  const int nwarps = int(std::clamp<int64_t>(nchunks, 2, 8));
+  const int threads = nwarps * 32;
+  const size_t smem = size_t((HXQ ? 256 * kCbCopies : 0) + nwarps * R * T) * sizeof(float);
+  const bool vec = K % EPV == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
+  auto kern = vec ? matvec_kernel<T, R, true, HXQ> : matvec_kernel<T, R, false, HXQ>;
+  int per_sm = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem), "cudaOccupancyMaxActiveBlocks");
+  const int64_t ngroups = (N + R - 1) / R;
+  const int grid = int(std::max<int64_t>(1, std::min<int64_t>(ngroups, int64_t(std::max(per_sm, 1)) * detail::sm_count())));
+  kern<<<grid, threads, smem, s>>>(X, K, N, W, cb, rp, col, delta, Y);
+  check_launch(HXQ ? "matvec_kernel(hxq)" : "matvec_kernel(bf16)");
+}
+
+template <bool HXQ>
+void launch_matvec(const float* X, int64_t T, int64_t K, int64_t N, const void* W, const float* cb, const int64_t* rp,
+                   const int32_t* col, const float* delta, float* Y, cudaStream_t s) {
+  switch (T) {
+    case 1: return launch_matvec_t<1, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 2: return launch_matvec_t<2, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 3: return launch_matvec_t<3, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 4: return launch_matvec_t<4, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 5: return launch_matvec_t<5, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 6: return launch_matvec_t<6, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 7: return launch_matvec_t<7, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    case 8: return launch_matvec_t<8, HXQ>(X, K, N, W, cb, rp, col, delta, Y, s);
+    default: detail::fail_msg("cuda_gemm (matvec)", "the matvec kernel takes 1 <= T <= 8");
+  }
+}
+
+template <class W>
+void launch_simple(const float* X, int64_t T, int64_t K, int64_t N, W w, const int64_t* rp, const int32_t* col,
+                   const float* delta, float* Y, cudaStream_t s) {
+  if (N > 0x7fffffff) detail::fail_msg("cuda_gemm (simple)", "too many rows");
+  const dim3 grid(unsigned(N), unsigned(std::min<int64_t>(T, 65535)));
+  gemm_simple_kernel<W><<<grid, kSimpleThreads, 0, s>>>(X, T, K, N, w, rp, col, delta, Y);
+  check_launch("gemm_simple_kernel");
+}
+
+template <class W>
+void launch_matmul(const float* X, int64_t T, int64_t K, int64_t N, W w, float* Y, cudaStream_t s) {
+  const int64_t gx = (N + kBN - 1) / kBN, gy = (T + kBM - 1) / kBM;
+  if (gx > 0x7fffffff || gy > 65535) detail::fail_msg("cuda_gemm (matmul)", "matrix too large for the grid");
+  matmul_kernel<W><<<dim3(unsigned(gx), unsigned(gy)), 256, 0, s>>>(X, T, K, N, w, Y);
+  check_launch("matmul_kernel");
+}
+
+}  // namespace
+
+void cuda_gemm_hxq(const float* X, int64_t T, const DeviceHxq& w, float* Y, CudaAlgo algo, void* stream) {
+  const int64_t K = w.cols, N = w.rows;
+  check_sizes("cuda_gemm_hxq", X, T, K, w.indices.data(), N, Y);
+  if (T == 0 || N == 0) return;
+  detail::require_device("cuda_gemm_hxq");
+  cudaStream_t s = detail::as_stream(stream);
+  const float* cb = w.codebook.as<const float>();
+  if (!cb) detail::fail_msg("cuda_gemm_hxq", "weight has no codebook on the device");
+  const int64_t* rp = w.sc_row_ptr.data() ? w.sc_row_ptr.as<const int64_t>() : nullptr;
+  const int32_t* col = w.sc_col.as<const int32_t>();
+  const float* delta = w.sc_delta.as<const float>();
+  if (K == 0) {  // empty dot products; any sidecar would have a column outside [0, 0)
+    check(cudaMemsetAsync(Y, 0, size_t(T * N) * sizeof(float), s), "cudaMemsetAsync");
+    return;
+  }
+  const uint8_t* idx = w.indices.as<const uint8_t>();
+  if (algo == CudaAlgo::Auto) algo = T <= 8 ? CudaAlgo::Matvec : CudaAlgo::Matmul;
+  switch (algo) {
+    case CudaAlgo::Simple:
+      launch_simple(X, T, K, N, HxqElem{idx, cb, K}, rp, col, delta, Y, s);
+      break;
+    case CudaAlgo::Matvec:
+      launch_matvec<true>(X, T, K, N, idx, cb, rp, col, delta, Y, s);
+      break;
+    default:
+      launch_matmul(X, T, K, N, HxqElem{idx, cb, K}, Y, s);
+      if (rp && w.nnz > 0) {
+        const dim3 grid(unsigned((N + 255) / 256), unsigned(std::min<int64_t>(T, 65535)));
+        sidecar_kernel<<<grid, 256, 0, s>>>(X, T, K, N, rp, col, delta, Y);
+        check_launch("sidecar_kernel");
+      }
+  }
+}
+
+void cuda_gemm_bf16(const float* X, int64_t T, int64_t K, const uint16_t* W, int64_t N, float* Y, CudaAlgo algo,
+                    void* stream) {
+  check_sizes("cuda_gemm_bf16", X, T, K, W, N, Y);
+  if (T == 0 || N == 0) return;
+  detail::require_device("cuda_gemm_bf16");
+  cudaStream_t s = detail::as_stream(stream);
+  if (K == 0) {
+    check(cudaMemsetAsync(Y, 0, size_t(T * N) * sizeof(float), s), "cudaMemsetAsync");
+    return;
+  }
+  if (algo == CudaAlgo::Auto) algo = T <= 8 ? CudaAlgo::Matvec : CudaAlgo::Matmul;
+  switch (algo) {
+    case CudaAlgo::Simple:
+      launch_simple(X, T, K, N, Bf16Elem{W, K}, nullptr, nullptr, nullptr, Y, s);
+      break;
+    case CudaAlgo::Matvec:
+      launch_matvec<false>(X, T, K, N, W, nullptr, nullptr, nullptr, nullptr, Y, s);
+      break;
+    default:
+      launch_matmul(X, T, K, N, Bf16Elem{W, K}, Y, s);
+  }
+}
+
+}  // namespace hxq::cuda
