@@ -192,15 +192,17 @@ void BM_CudaBf16Matvec(benchmark::State& st) {
   }
 }
 
-// Matmul (compute-bound): one copy of W, GFLOP/s.
+// Matmul (compute-bound): one copy of W, GFLOP/s. Fourth argument tf32: 1 = the opt-in TF32
+// tensor-core kernel.
 void BM_CudaHxqMatmul(benchmark::State& st) {
   if (no_device(st)) return;
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const hc::CudaAlgo algo = st.range(3) ? hc::CudaAlgo::MatmulTf32 : hc::CudaAlgo::Auto;
   try {
     HxqSet set(N, K, 1);
     hc::DeviceBuffer x = random_device(size_t(T * K), 3), y(size_t(T * N) * 4);
     run_timed(st, 1, 4, 0, 2.0 * double(T * N * K), [&](int, void* s) {
-      hc::cuda_gemm_hxq(x.as<float>(), T, set.w[0], y.as<float>(), hc::CudaAlgo::Auto, s);
+      hc::cuda_gemm_hxq(x.as<float>(), T, set.w[0], y.as<float>(), algo, s);
     });
   } catch (const Error& e) {
     st.SkipWithError(e.what());
@@ -310,10 +312,12 @@ BENCHMARK(BM_CudaBf16Matvec)
     ->MinTime(kMinTime)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_CudaHxqMatmul)
-    ->ArgNames({"N", "K", "T"})
-    ->Args({8512, 2048, 512})
-    ->Args({2048, 4096, 512})
-    ->Args({16384, 4096, 512})
+    ->ArgNames({"N", "K", "T", "tf32"})
+    ->Args({8512, 2048, 512, 0})
+    ->Args({2048, 4096, 512, 0})
+    ->Args({16384, 4096, 512, 0})
+    ->Args({8512, 2048, 512, 1})
+    ->Args({16384, 4096, 512, 1})
     ->UseManualTime()
     ->MinTime(kMinTime)
     ->Unit(benchmark::kMicrosecond);

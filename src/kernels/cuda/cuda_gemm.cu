@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <mma.h>
+
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_util.cuh"
 
@@ -90,7 +92,11 @@ __global__ void __launch_bounds__(256)
   constexpr int EPW = EPV / 4;                         // elements per 32-bit word
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, nwarps = int(blockDim.x) >> 5;
   if constexpr (HXQ) {
-    for (int i = threadIdx.x; i < 256 * kCbCopies; i += blockDim.x) cbs[i] = cb[i / kCbCopies];
+    // 256 entries x 8 float4 stores of the same value (cbs is 16-byte aligned: dynamic shared memory).
+    for (int i = threadIdx.x; i < 256 * (kCbCopies / 4); i += blockDim.x) {
+      const float v = __ldg(cb + i / (kCbCopies / 4));
+      reinterpret_cast<float4*>(cbs)[i] = make_float4(v, v, v, v);
+    }
     __syncthreads();
   }
   const uint8_t* W8 = static_cast<const uint8_t*>(Wp);
@@ -267,6 +273,88 @@ __global__ void __launch_bounds__(256, 2)
   }
 }
 
+// ---- TF32 tensor-core matmul (opt-in: CudaAlgo::MatmulTf32) ----
+//
+// Block = 4 warps, output tile 64 (T) x 64 (N), K-steps of 32. X and decoded W tiles go to shared
+// memory as As[m][k] and Bs[n][k] (row stride 36 floats: a multiple of 4 as wmma needs, and every
+// 16-row fragment start stays 32-byte aligned); warp (wm, wn) computes a 32 x 32 sub-tile as 2 x 2
+// wmma 16x16x8 fragments. Both operands are rounded to TF32 (__float_to_tf32: round to nearest,
+// ties away), products are exact and accumulated in fp32. The result goes through shared memory
+// (Cs) for bounds-checked stores.
+
+constexpr int kTM = 64, kTN = 64, kTK = 32, kTLd = kTK + 4, kTCd = kTN + 4;
+
+template <class W>
+__global__ void __launch_bounds__(128)
+    matmul_tf32_kernel(const float* __restrict__ X, int64_t T, int64_t K, int64_t N, W w, float* __restrict__ Y) {
+  using namespace nvcuda;
+  __shared__ __align__(32) float As[kTM * kTLd];
+  __shared__ __align__(32) float Bs[kTN * kTLd];
+  __shared__ __align__(32) float Cs[kTM * kTCd];
+  __shared__ float cbs[256];
+  const int tid = int(threadIdx.x), warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const int64_t m0 = int64_t(blockIdx.y) * kTM, n0 = int64_t(blockIdx.x) * kTN;
+  if constexpr (std::is_same_v<W, HxqElem>) {
+    for (int i = tid; i < 256; i += 128) cbs[i] = w.cb[i];
+    __syncthreads();
+    w.cb = cbs;
+  }
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int64_t k0 = 0; k0 < K; k0 += kTK) {
+#pragma unroll
+    for (int i = 0; i < (kTM * kTK) / 128; ++i) {
+      const int e = tid + 128 * i, m = e >> 5, k = e & 31;
+      const int64_t gm = m0 + m, gk = k0 + k;
+      As[m * kTLd + k] = (gm < T && gk < K) ? X[gm * K + gk] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < (kTN * kTK) / 128; ++i) {
+      const int e = tid + 128 * i, n = e >> 5, k = e & 31;
+      const int64_t gn = n0 + n, gk = k0 + k;
+      Bs[n * kTLd + k] = (gn < N && gk < K) ? w(gn, gk) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTK; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * kTLd + kk, kTLd);
+#pragma unroll
+        for (int q = 0; q < a[i].num_elements; ++q) a[i].x[q] = wmma::__float_to_tf32(a[i].x[q]);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::load_matrix_sync(b[j], Bs + (wn * 32 + j * 16) * kTLd + kk, kTLd);
+#pragma unroll
+        for (int q = 0; q < b[j].num_elements; ++q) b[j].x[q] = wmma::__float_to_tf32(b[j].x[q]);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * kTCd + wn * 32 + j * 16, acc[i][j], kTCd, wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < kTM * kTN; e += 128) {
+    const int m = e / kTN, n = e % kTN;
+    const int64_t gm = m0 + m, gn = n0 + n;
+    if (gm < T && gn < N) Y[gm * N + gn] = Cs[m * kTCd + n];
+  }
+}
+
 // Y[t, r] += sidecar of row r, one thread per (r, t) (after the matmul; rows without entries
 // return at once).
 __global__ void sidecar_kernel(const float* X, int64_t T, int64_t K, int64_t N, const int64_t* rp, const int32_t* col,
@@ -335,6 +423,14 @@ void launch_matmul(const float* X, int64_t T, int64_t K, int64_t N, W w, float* 
   check_launch("matmul_kernel");
 }
 
+template <class W>
+void launch_matmul_tf32(const float* X, int64_t T, int64_t K, int64_t N, W w, float* Y, cudaStream_t s) {
+  const int64_t gx = (N + kTN - 1) / kTN, gy = (T + kTM - 1) / kTM;
+  if (gx > 0x7fffffff || gy > 65535) detail::fail_msg("cuda_gemm (matmul tf32)", "matrix too large for the grid");
+  matmul_tf32_kernel<W><<<dim3(unsigned(gx), unsigned(gy)), 128, 0, s>>>(X, T, K, N, w, Y);
+  check_launch("matmul_tf32_kernel");
+}
+
 }  // namespace
 
 void cuda_gemm_hxq(const float* X, int64_t T, const DeviceHxq& w, float* Y, CudaAlgo algo, void* stream) {
@@ -362,7 +458,8 @@ void cuda_gemm_hxq(const float* X, int64_t T, const DeviceHxq& w, float* Y, Cuda
       launch_matvec<true>(X, T, K, N, idx, cb, rp, col, delta, Y, s);
       break;
     default:
-      launch_matmul(X, T, K, N, HxqElem{idx, cb, K}, Y, s);
+      if (algo == CudaAlgo::MatmulTf32) launch_matmul_tf32(X, T, K, N, HxqElem{idx, cb, K}, Y, s);
+      else launch_matmul(X, T, K, N, HxqElem{idx, cb, K}, Y, s);
       if (rp && w.nnz > 0) {
         const dim3 grid(unsigned((N + 255) / 256), unsigned(std::min<int64_t>(T, 65535)));
         sidecar_kernel<<<grid, 256, 0, s>>>(X, T, K, N, rp, col, delta, Y);
@@ -388,6 +485,9 @@ void cuda_gemm_bf16(const float* X, int64_t T, int64_t K, const uint16_t* W, int
       break;
     case CudaAlgo::Matvec:
       launch_matvec<false>(X, T, K, N, W, nullptr, nullptr, nullptr, nullptr, Y, s);
+      break;
+    case CudaAlgo::MatmulTf32:
+      launch_matmul_tf32(X, T, K, N, Bf16Elem{W, K}, Y, s);
       break;
     default:
       launch_matmul(X, T, K, N, Bf16Elem{W, K}, Y, s);

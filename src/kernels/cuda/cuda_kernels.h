@@ -15,6 +15,8 @@
 //   memory, or BF16 -> F32) into shared memory, 8x8 register tile per thread, exact fp32 FMAs.
 //   The HXQ sidecar is added afterwards by a small kernel (one thread per output of a row that
 //   has entries).
+// * TF32 tensor-core matmul (opt-in, CudaAlgo::MatmulTf32): 64x64 tiles, 4 warps of 2x2 wmma
+//   16x16x8 fragments, operands rounded to TF32, fp32 accumulation.
 // * "Simple" kernels (one block per output, shared-memory tree reduction, sidecar added serially)
 //   are kept as a clearly-correct fallback, selectable with CudaAlgo::Simple.
 // * SSD scan: recurrent kernel (one warp per (head, p); the lane keeps N/32 state values in
@@ -106,6 +108,9 @@ enum class CudaAlgo {
   Simple,  // one block per output (slow, obviously correct: the fallback)
   Matvec,  // force the matvec kernel (any T <= 8)
   Matmul,  // force the tiled matmul (any T)
+  // Opt-in, not exact: tensor-core matmul with X and W rounded to TF32 (10-bit mantissa), fp32
+  // accumulation (relative error per product <= ~2^-10; measured in tests/cuda_test.cpp).
+  MatmulTf32,
 };
 
 // Y [T, w.rows] = X [T, w.cols] · Wᵀ (+ sidecar); X, Y device float32 row-major, not overlapping.
