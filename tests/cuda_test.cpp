@@ -552,3 +552,183 @@ TEST(CudaSsd, AutoLongSequence) {
   HXQ_REQUIRE_GPU();
   check_ssd(hc::SsdAlgo::Auto, 1000, 4, 64, 128, 1);
 }
+
+// ---- the kernels' index math on the CPU (no GPU needed) ----
+// The device kernels compiled as host C++ under the emulation of kernels/cuda/cuda_emulation.h
+// (every CUDA thread a real thread, barriers, shuffles), on small odd shapes that hit every tail:
+// R-row groups past N, partial 512-element chunks, K not a multiple of 16, misaligned X, grid-
+// stride loops, partial 128x128 tiles, partial SSD chunks and p/n tiles. References in double;
+// the kernels sum at most a few thousand fp32 terms, so 1e-5 (GEMM) / 1e-4 (SSD, with exps) of
+// the largest output is ~100x the rounding error and far below any indexing mistake.
+// (Included last: the emulation defines threadIdx, __shared__, ... as macros.)
+#include "kernels/cuda/cuda_emulation.h"
+#include "kernels/cuda/cuda_gemm_kernels.cuh"
+#include "kernels/cuda/cuda_ssd_kernels.cuh"
+
+namespace {
+
+namespace kn = hxq::cuda::kern_emu;
+namespace emu = hxq::cuda::emu;
+
+void expect_near_all(const std::string& what, const std::vector<float>& got, const std::vector<double>& ref,
+                     double tol_rel) {
+  double mx = 0;
+  for (double r : ref) mx = std::max(mx, std::fabs(r));
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(double(got[i]) - ref[i]) <= tol_rel * mx) && bad++ < 3)
+      ADD_FAILURE() << what << ": [" << i << "] got " << got[i] << " ref " << ref[i];
+  EXPECT_EQ(bad, 0) << what;
+}
+
+struct EmuW {
+  HostHxq h;
+  std::vector<uint16_t> bf;
+};
+EmuW emu_weights(int64_t N, int64_t K, uint32_t seed) {
+  EmuW w{random_hxq(N, K, true, seed), {}};
+  const std::vector<float> f = random_vec(size_t(N * K), seed + 1, 0.05f);
+  w.bf.resize(f.size());
+  for (size_t i = 0; i < f.size(); ++i) w.bf[i] = f32_to_bf16(f[i]);
+  return w;
+}
+std::vector<double> emu_ref(const std::vector<float>& X, int64_t T, const EmuW& w, bool hxq) {
+  const int64_t N = w.h.rows, K = w.h.cols;
+  std::vector<double> y(size_t(T * N));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < N; ++r) {
+      double a = 0;
+      for (int64_t k = 0; k < K; ++k)
+        a += double(X[size_t(t * K + k)]) * (hxq ? w.h.w(r, k) : bf16_to_f32(w.bf[size_t(r * K + k)]));
+      if (hxq)
+        for (int64_t e = w.h.rp[size_t(r)]; e < w.h.rp[size_t(r + 1)]; ++e)
+          a += double(X[size_t(t * K + w.h.col[size_t(e)])]) * w.h.delta[size_t(e)];
+      y[size_t(t * N + r)] = a;
+    }
+  return y;
+}
+
+// The launcher's configuration (cuda_gemm.cu launch_matvec_t) with a given grid.
+template <int T, bool HXQ>
+void emu_matvec(int64_t N, int64_t K, unsigned grid, int x_off) {
+  const EmuW w = emu_weights(N, K, uint32_t(N * 31 + K + T));
+  std::vector<float> Xb = random_vec(size_t(T * K) + 4, 7);
+  const float* X = Xb.data() + x_off;
+  constexpr int R = T <= 4 ? 4 : 8;
+  constexpr int EPV = HXQ ? 16 : 8;
+  const int64_t nchunks = (K + 32 * EPV - 1) / (32 * EPV);
+  const int nwarps = int(std::clamp<int64_t>(nchunks, 2, 8));
+  const size_t smem = size_t((HXQ ? 256 * kn::kCbCopies : 0) + nwarps * R * T) * 4;
+  const bool vec = K % EPV == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
+  std::vector<float> Y(size_t(T * N), -7.0f);
+  const void* W = HXQ ? static_cast<const void*>(w.h.idx.data()) : static_cast<const void*>(w.bf.data());
+  const int64_t* rp = HXQ ? w.h.rp.data() : nullptr;
+  emu::launch(dim3(grid), dim3(unsigned(nwarps * 32)), smem, [&] {
+    if (vec) kn::matvec_kernel<T, R, true, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+    else kn::matvec_kernel<T, R, false, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+  });
+  expect_near_all(std::string("matvec ") + (HXQ ? "hxq" : "bf16") + (vec ? " vec" : " elem") + " T=" +
+                      std::to_string(T) + " " + std::to_string(N) + "x" + std::to_string(K),
+                  Y, emu_ref(std::vector<float>(X, X + T * K), T, w, HXQ), 1e-5);
+}
+
+template <bool HXQ>
+void emu_matmul(int64_t T, int64_t N, int64_t K, bool simple) {
+  const EmuW w = emu_weights(N, K, uint32_t(T + N + K));
+  const std::vector<float> X = random_vec(size_t(T * K), 8);
+  std::vector<float> Y(size_t(T * N), -7.0f);
+  const kn::HxqElem he{w.h.idx.data(), w.h.cb.data(), K};
+  const kn::Bf16Elem be{w.bf.data(), K};
+  if (simple) {
+    emu::launch(dim3(unsigned(N), unsigned(std::min<int64_t>(T, 2))), dim3(kn::kSimpleThreads), 0, [&] {
+      if constexpr (HXQ)
+        kn::gemm_simple_kernel<kn::HxqElem>(X.data(), T, K, N, he, w.h.rp.data(), w.h.col.data(), w.h.delta.data(),
+                                            Y.data());
+      else kn::gemm_simple_kernel<kn::Bf16Elem>(X.data(), T, K, N, be, nullptr, nullptr, nullptr, Y.data());
+    });
+  } else {
+    emu::launch(dim3(unsigned((N + kn::kBN - 1) / kn::kBN), unsigned((T + kn::kBM - 1) / kn::kBM)), dim3(256), 0, [&] {
+      if constexpr (HXQ) kn::matmul_kernel<kn::HxqElem>(X.data(), T, K, N, he, Y.data());
+      else kn::matmul_kernel<kn::Bf16Elem>(X.data(), T, K, N, be, Y.data());
+    });
+    if (HXQ)
+      emu::launch(dim3(unsigned((N + 255) / 256), unsigned(std::min<int64_t>(T, 3))), dim3(256), 0, [&] {
+        kn::sidecar_kernel(X.data(), T, K, N, w.h.rp.data(), w.h.col.data(), w.h.delta.data(), Y.data());
+      });
+  }
+  expect_near_all(std::string(simple ? "simple " : "matmul ") + (HXQ ? "hxq" : "bf16") + " T=" + std::to_string(T) +
+                      " " + std::to_string(N) + "x" + std::to_string(K),
+                  Y, emu_ref(X, T, w, HXQ), 1e-5);
+}
+
+void emu_ssd(int64_t T, int64_t H, int64_t P, int64_t N, int64_t G, bool chunked) {
+  const SsdHost s = random_ssd(T, H, P, N, G, uint32_t(T + H + P + N + G));
+  std::vector<double> Sref, yref;
+  ssd_reference(s, Sref, yref);
+  std::vector<float> y(size_t(T * H * P), -7.0f), S = s.S0;
+  hc::SsdArgs a;
+  a.T = T, a.H = H, a.P = P, a.N = N, a.G = G;
+  a.x = s.x.data(), a.dt = s.dt.data(), a.A = s.A.data(), a.B = s.B.data(), a.C = s.C.data(), a.D = s.D.data();
+  a.state = S.data(), a.y = y.data();
+  if (!chunked) {
+    emu::launch(dim3(unsigned((H * P * 32 + 255) / 256)), dim3(256), 0, [&] {
+      const int64_t nj = (N + 31) / 32;
+      if (nj <= 1) kn::ssd_recurrent_kernel<1>(a);
+      else if (nj <= 2) kn::ssd_recurrent_kernel<2>(a);
+      else if (nj <= 4) kn::ssd_recurrent_kernel<4>(a);
+      else kn::ssd_recurrent_kernel<8>(a);
+    });
+  } else {
+    // The launch sequence of cuda_ssd_scan (cuda_ssd.cu), on a NaN-filled workspace.
+    const int64_t nchunks = (T + kn::kL - 1) / kn::kL;
+    std::vector<float> ws(hc::ssd_workspace_floats(T, H, P, N), std::nanf(""));
+    float* cum = ws.data();
+    float* st = ws.data() + H * nchunks * kn::kL;
+    emu::launch(dim3(unsigned((nchunks * H + 255) / 256)), dim3(256), 0, [&] { kn::ssd_cum_kernel(a, nchunks, cum); });
+    const int64_t pt = (P + 63) / 64, nt = (N + 63) / 64;
+    emu::launch(dim3(unsigned(nchunks), unsigned(H), unsigned(pt * nt)), dim3(256), 0,
+                [&] { kn::ssd_chunk_state_kernel(a, nchunks, cum, st); });
+    emu::launch(dim3(unsigned((H * P * N + 255) / 256)), dim3(256), 0, [&] { kn::ssd_pass_kernel(a, nchunks, cum, st); });
+    emu::launch(dim3(unsigned(nchunks), unsigned(H), unsigned(pt)), dim3(256), 0,
+                [&] { kn::ssd_chunk_out_kernel(a, nchunks, cum, st); });
+  }
+  const std::string what = std::string(chunked ? "ssd chunked" : "ssd recurrent") + " T=" + std::to_string(T) +
+                           " H=" + std::to_string(H) + " P=" + std::to_string(P) + " N=" + std::to_string(N) +
+                           " G=" + std::to_string(G);
+  expect_near_all(what + " y", y, yref, 1e-4);
+  expect_near_all(what + " state", S, Sref, 1e-4);
+}
+
+}  // namespace
+
+TEST(CudaEmu, MatvecHxq) {
+  emu_matvec<1, true>(37, 1040, 3, 0);  // 3 chunks (last partial), 10 row groups over 3 blocks
+  emu_matvec<3, true>(37, 1040, 4, 0);
+  emu_matvec<5, true>(37, 2048, 2, 0);  // R = 8
+  emu_matvec<8, true>(19, 512, 3, 0);
+  emu_matvec<2, true>(37, 50, 3, 0);    // K % 16 != 0: element path
+  emu_matvec<4, true>(13, 1000, 2, 0);
+  emu_matvec<1, true>(13, 1040, 2, 1);  // misaligned X
+}
+TEST(CudaEmu, MatvecBf16) {
+  emu_matvec<1, false>(37, 1040, 3, 0);
+  emu_matvec<4, false>(13, 2056, 2, 0);
+  emu_matvec<6, false>(21, 50, 3, 0);
+  emu_matvec<3, false>(13, 1040, 2, 1);
+}
+TEST(CudaEmu, MatmulAndSimple) {
+  emu_matmul<true>(130, 165, 50, false);  // partial tiles in T, N and K
+  emu_matmul<false>(130, 165, 50, false);
+  emu_matmul<true>(3, 200, 37, false);
+  emu_matmul<true>(3, 5, 300, true);
+  emu_matmul<false>(3, 5, 300, true);
+}
+TEST(CudaEmu, SsdRecurrent) {
+  emu_ssd(7, 4, 8, 72, 2, false);
+  emu_ssd(3, 2, 8, 16, 1, false);
+}
+TEST(CudaEmu, SsdChunked) {
+  emu_ssd(130, 2, 70, 72, 2, true);  // partial last chunk, 2 p-tiles and 2 n-tiles (partial)
+  emu_ssd(1, 2, 64, 128, 1, true);
+  emu_ssd(65, 2, 8, 130, 2, true);
+}

@@ -26,6 +26,8 @@
 //   (3) a sequential pass over chunks per state element giving each chunk's initial state and the
 //   final state, (4) per chunk the outputs: masked decayed (C·Bᵀ) times x, plus C times the chunk's
 //   initial state, plus D·x.
+// The kernels live in cuda_gemm_kernels.cuh / cuda_ssd_kernels.cuh so that tests/cuda_test.cpp can
+// also run them on the CPU under cuda_emulation.h (CudaEmu* tests: index math without a GPU).
 // All device memory pointers below are device pointers; all launches go to `stream` (nullptr =
 // the legacy default stream) and are asynchronous unless said otherwise. Every CUDA error becomes
 // hxq::Error("cuda: <call>: <message>"); nothing aborts.
