@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -22,7 +23,8 @@ namespace {
 
 bool no_device(benchmark::State& st) {
   if (hc::cuda_available()) return false;
-  st.SkipWithError("no CUDA device");
+  static const std::string msg = "no CUDA device: " + hc::cuda_unavailable_reason();
+  st.SkipWithError(msg.c_str());
   return true;
 }
 

@@ -21,6 +21,20 @@ export LD_LIBRARY_PATH="$C/lib"
   ldd "$C/hxq_tests" | grep -E 'not found' && echo "!! missing libraries" || echo "libraries: all found"
 } 2>&1 | tee "$OUT/env.log"
 
+# Does the CUDA runtime (static, CUDA 13) see the GPU? CudaNoDevice is skipped when it does. If the
+# driver is older than the runtime, try the toolkit's forward-compatibility libcuda.
+probe() { "$C/hxq_tests" --gtest_filter='CudaNoDevice*' 2>&1 | tee -a "$OUT/env.log" | grep -q 'SKIPPED \] CudaNoDevice'; }
+if ! probe; then
+  echo "!! the CUDA runtime sees no device (reason above); trying forward-compatibility libraries"
+  for d in /usr/local/cuda/compat /usr/local/cuda-13*/compat; do
+    if [ -e "$d/libcuda.so.1" ]; then
+      export LD_LIBRARY_PATH="$C/lib:$d"
+      if probe; then echo "using libcuda from $d"; break; fi
+      export LD_LIBRARY_PATH="$C/lib"
+    fi
+  done
+fi
+
 echo "== tests (Cuda*, without the CPU-only CudaEmu*)"
 timeout -k 5 110 "$C/hxq_tests" --gtest_filter='Cuda*:-CudaEmu*' --gtest_output="json:$OUT/tests.json" 2>&1 |
   tee "$OUT/tests.log"

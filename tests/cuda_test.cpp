@@ -24,7 +24,7 @@ namespace hc = hxq::cuda;
 namespace {
 
 #define HXQ_REQUIRE_GPU() \
-  if (!hc::cuda_available()) GTEST_SKIP() << "no CUDA device"
+  if (!hc::cuda_available()) GTEST_SKIP() << "no CUDA device: " << hc::cuda_unavailable_reason()
 
 constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of float32
 
@@ -197,7 +197,9 @@ void check_bf16(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, int x_offset 
 
 TEST(CudaNoDevice, CallsFailWithErrorNotCrash) {
   if (hc::cuda_available()) GTEST_SKIP() << "a CUDA device is present: " << hc::device_summary();
+  std::cout << "[ no cuda  ] " << hc::cuda_unavailable_reason() << "\n";
   EXPECT_FALSE(hc::cuda_available());  // cached, still false, no throw
+  EXPECT_FALSE(hc::cuda_unavailable_reason().empty());
   EXPECT_THROW(hc::device_info(), Error);
   EXPECT_THROW(hc::DeviceBuffer(1024), Error);
   EXPECT_THROW(hc::EventTimer(), Error);

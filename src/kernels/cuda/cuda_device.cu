@@ -22,7 +22,7 @@ void cuda_fail(const char* what, cudaError_t e) {
 void fail_msg(const char* what, const char* msg) { throw Error(std::string("cuda: ") + what + ": " + msg); }
 
 void require_device(const char* what) {
-  if (!cuda_available()) fail_msg(what, "no CUDA device (or no driver)");
+  if (!cuda_available()) fail_msg(what, ("no usable CUDA device: " + cuda_unavailable_reason()).c_str());
 }
 
 int sm_count() {
@@ -38,18 +38,36 @@ int sm_count() {
 
 using detail::check;
 
-bool cuda_available() {
-  static const bool ok = [] {
+namespace {
+struct Availability {
+  bool ok = false;
+  std::string reason;
+};
+const Availability& availability() {
+  static const Availability a = [] {
+    Availability r;
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      return false;
+      r.reason = std::string("cudaGetDeviceCount: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+      int rt = 0, drv = 0;
+      (void)cudaRuntimeGetVersion(&rt);
+      if (cudaDriverGetVersion(&drv) == cudaSuccess)
+        r.reason += "; runtime " + std::to_string(rt) + ", driver " + std::to_string(drv);
+      (void)cudaGetLastError();
+      return r;
     }
-    return n > 0;
+    r.ok = n > 0;
+    if (!r.ok) r.reason = "no CUDA device";
+    return r;
   }();
-  return ok;
+  return a;
 }
+}  // namespace
+
+bool cuda_available() { return availability().ok; }
+std::string cuda_unavailable_reason() { return availability().reason; }
 
 DeviceInfo device_info() {
   detail::require_device("device_info");

@@ -42,6 +42,8 @@ namespace hxq::cuda {
 
 // True when the CUDA runtime reports at least one device. Never throws (no driver -> false).
 bool cuda_available();
+// Why cuda_available() is false (e.g. "cudaGetDeviceCount: cudaErrorInsufficientDriver (...)"), or "".
+std::string cuda_unavailable_reason();
 
 struct DeviceInfo {
   std::string name;
