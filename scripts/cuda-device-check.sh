@@ -2,8 +2,8 @@
 # Runs on the GPU machine, in the repository root, with $OUT set: the CUDA tests (Cuda*) and the
 # CUDA benchmarks, from the binaries and libraries prepared here by scripts/cuda-carry.sh and
 # carried as .cuda-carry/carry.tar.gz (unpacked to a temporary folder). Prints everything; env.log, tests.log/json, bench.log/json, torch.log and
-# summary.txt go to $OUT. Total well under 4 minutes (timeouts: tests 110 s, bench 150 s,
-# torch 40 s); a failing or crashing test run does not stop the benchmarks.
+# summary.txt go to $OUT. Total well under 4 minutes (timeouts: tests 80 s, bench 120 s,
+# torch 25 s); a failing or crashing test run does not stop the benchmarks.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -36,13 +36,13 @@ if ! probe; then
 fi
 
 echo "== tests (Cuda*, without the CPU-only CudaEmu*)"
-timeout -k 5 110 "$C/hxq_tests" --gtest_filter='Cuda*:-CudaEmu*' --gtest_output="json:$OUT/tests.json" 2>&1 |
+timeout -k 5 80 "$C/hxq_tests" --gtest_filter='Cuda*:-CudaEmu*' --gtest_output="json:$OUT/tests.json" 2>&1 |
   tee "$OUT/tests.log"
 rc_tests=${PIPESTATUS[0]}
 echo "== tests rc=$rc_tests after $(($(date +%s) - t0)) s"
 
 echo "== bench (Cuda)"
-timeout -k 5 150 "$C/hxq_bench" --benchmark_filter='Cuda' --benchmark_repetitions=3 \
+timeout -k 5 120 "$C/hxq_bench" --benchmark_filter='Cuda' --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true --benchmark_counters_tabular=true \
   --benchmark_out="$OUT/bench.json" --benchmark_out_format=json 2>&1 | tee "$OUT/bench.log"
 rc_bench=${PIPESTATUS[0]}
@@ -50,7 +50,7 @@ echo "== bench rc=$rc_bench after $(($(date +%s) - t0)) s"
 
 # Cross-check of the bandwidth baseline with PyTorch (BF16 matvec and a copy), if it is there.
 echo "== torch cross-check"
-timeout -k 5 40 python3 - <<'PY' 2>&1 | tee "$OUT/torch.log" || true
+timeout -k 5 25 python3 - <<'PY' 2>&1 | tee "$OUT/torch.log" || true
 import torch, time
 if not torch.cuda.is_available():
     raise SystemExit("torch: no CUDA")
