@@ -11,6 +11,14 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$JOBS"
 (cd build && ctest --output-on-failure -j "$JOBS" --timeout 900)
 
+# The optional CUDA kernels, where nvcc exists (no GPU needed: device tests skip themselves, the
+# CudaEmu* tests run the kernels on the CPU). HXQ_SKIP_CUDA=1 skips this step.
+if [ "${HXQ_SKIP_CUDA:-0}" != 1 ] && { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }; then
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DHXQ_CUDA=ON >/dev/null
+  cmake --build build-cuda -j "$JOBS" --target hxq_tests hxq_bench
+  (cd build-cuda && ctest --output-on-failure -j "$JOBS" --timeout 900 -R '^Cuda')
+fi
+
 if [ "${HXQ_SKIP_SANITIZERS:-0}" != 1 ]; then
   # -O1 -g1: fast enough to run, line numbers in reports, and a much cheaper compile than -O2 -g
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
