@@ -17,6 +17,7 @@
 #include "kernels/gemm.h"
 #include "kernels/hxq_gemm.h"
 #include "kernels/membw.h"
+#include "kernels/ssd.h"
 
 using namespace hxq;
 
@@ -230,6 +231,27 @@ void BM_HxqMatvecExact(benchmark::State& st) { hxq_matvec(st, false, HxqMath::Ex
 // Exact math with a BF16-exact codebook (AVX-512: two byte planes instead of four, T <= 2).
 void BM_HxqMatvecBf16Codebook(benchmark::State& st) { hxq_matvec(st, true, HxqMath::Exact); }
 
+// Mamba2 decode SSM step over a whole model's state (every layer's heads, state [P=64][N=128]
+// per head, fp32): read and rewritten once per token, like the weights. range(0) = layers ×
+// heads (370m: 48 × 32 = 1536, 1.3B: 48 × 64 = 3072); one core, thread CPU time.
+void BM_SsmStepModelState(benchmark::State& st) {
+  const int64_t heads = st.range(0), P = 64, N = 128;
+  const double bw0 = machine_bandwidth(1);
+  set_num_threads(1);
+  std::vector<float> S(size_t(heads * P * N), 0.01f), x(size_t(P), 0.5f), B(size_t(N), 0.1f), C(size_t(N), 0.2f),
+      y(static_cast<size_t>(P));
+  for (auto _ : st) {
+    for (int64_t h = 0; h < heads; ++h)
+      ssd::ssm_step(S.data() + h * P * N, P, N, x.data(), B.data(), C.data(), 0.01f, 0.99f, 1.0f, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double bytes = 2.0 * double(S.size()) * 4.0;  // read + write
+  st.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  set_bw_counters(st, bytes, bw0, machine_bandwidth(1));
+  st.SetLabel(std::string(isa_name(kernel_isa())));
+  set_num_threads(0);
+}
+
 // Prefill: T = st.range(2) (512) rows of X; compute-bound, reported against the peak FMA rate.
 void BM_DenseGemm(benchmark::State& st, DType dt) {
   const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
@@ -325,6 +347,7 @@ void thread_counts(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_ReadBandwidth)->Apply(thread_counts);
+BENCHMARK(BM_SsmStepModelState)->ArgNames({"heads"})->Arg(1536)->Arg(3072)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PeakFma)->Apply(thread_counts);
 BENCHMARK(BM_HxqMatvec)->Apply(all_cores_matvec);
 BENCHMARK(BM_HxqMatvec)->Apply(one_core_matvec);
