@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 #include "tolerances.h"
@@ -201,6 +202,26 @@ TEST(CliKl, IdenticalModelsAgree) {
   EXPECT_NE(r.out.find("\"kl_mean\":0.0"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"top1_agreement\":1.0"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"delta_ppl_percent\":0.0"), std::string::npos) << r.out;
+}
+
+// --stepwise, --exact and --base-exact: accepted by the evaluation commands; on a dense model the
+// HXQ math changes nothing and stepwise scoring gives the prefill's numbers.
+TEST(CliKl, StepwiseAndExactFlags) {
+  HXQ_REQUIRE_DATA("models/stories260K-hf/model.safetensors");
+  const auto mdir = test::data_path("models/stories260K-hf");
+  auto dir = test::temp_dir("cli-kl2");
+  test::write_file(dir + "/t.txt", "Once upon a time, there was a little girl named Lily. She loved to play outside.");
+  auto r = run_cli({"kl", "-m", mdir, "--other", mdir, "-f", dir + "/t.txt", "--ctx", "16", "--stride", "8",
+                    "--stepwise", "--base-exact", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"kl_mean\":0.0"), std::string::npos) << r.out;
+  auto a = run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--ctx", "16", "--stride", "8", "--json"});
+  auto b = run_cli({"perplexity", "-m", mdir, "-f", dir + "/t.txt", "--ctx", "16", "--stride", "8", "--stepwise",
+                    "--exact", "--json"});
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  const double pa = json::parse(a.out)["ppl"].get<double>(), pb = json::parse(b.out)["ppl"].get<double>();
+  EXPECT_NEAR(pb / pa, 1.0, 1e-5);
 }
 
 }  // namespace

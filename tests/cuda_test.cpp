@@ -149,7 +149,10 @@ void check_hxq(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, bool sidecar, 
     for (int64_t T : Ts) {
       const std::vector<float> X = random_vec(size_t(T * sh.cols), seed++);
       std::vector<float> Yref(size_t(T * sh.rows)), Y(Yref.size(), -1.0f);
-      gemm_hxq(X.data(), T, w.view(), Yref.data());
+      {
+        HxqMathScope exact(HxqMath::Exact);  // the device computes with exact float32 codebook values
+        gemm_hxq(X.data(), T, w.view(), Yref.data());
+      }
       hc::DeviceBuffer dx((X.size() + size_t(x_offset)) * 4), dy(Y.size() * 4);
       dx.upload(X.data(), X.size() * 4, size_t(x_offset) * 4);
       hc::cuda_gemm_hxq(dx.as<float>() + x_offset, T, dw, dy.as<float>(), algo);
@@ -381,7 +384,10 @@ TEST(CudaGemmHxq, MatmulTf32MatchesTf32Model) {
     for (int64_t T : {3, 64, 300}) {
       const std::vector<float> X = random_vec(size_t(T * sh.cols), seed++);
       std::vector<float> Yref(size_t(T * sh.rows)), Y(Yref.size(), -1.0f);
-      gemm_hxq(X.data(), T, w.view(), Yref.data());
+      {
+        HxqMathScope exact(HxqMath::Exact);  // the device computes with exact float32 codebook values
+        gemm_hxq(X.data(), T, w.view(), Yref.data());
+      }
       const hc::DeviceBuffer dx = hc::to_device(X.data(), X.size());
       hc::DeviceBuffer dy(Y.size() * 4);
       hc::cuda_gemm_hxq(dx.as<float>(), T, dw, dy.as<float>(), hc::CudaAlgo::MatmulTf32);
@@ -616,7 +622,7 @@ void emu_matvec(int64_t N, int64_t K, unsigned grid, int x_off) {
   const EmuW w = emu_weights(N, K, uint32_t(N * 31 + K + T));
   std::vector<float> Xb = random_vec(size_t(T * K) + 4, 7);
   const float* X = Xb.data() + x_off;
-  constexpr int R = T <= 4 ? 4 : 8;
+  constexpr int R = kn::matvec_rows(T);
   constexpr int EPV = HXQ ? 16 : 8;
   const int64_t nchunks = (K + 32 * EPV - 1) / (32 * EPV);
   const int nwarps = int(std::clamp<int64_t>(nchunks, 2, 8));
@@ -706,17 +712,20 @@ void emu_ssd(int64_t T, int64_t H, int64_t P, int64_t N, int64_t G, bool chunked
 TEST(CudaEmu, MatvecHxq) {
   emu_matvec<1, true>(37, 1040, 3, 0);  // 3 chunks (last partial), 10 row groups over 3 blocks
   emu_matvec<3, true>(37, 1040, 4, 0);
-  emu_matvec<5, true>(37, 2048, 2, 0);  // R = 8
+  emu_matvec<5, true>(37, 2048, 2, 0);  // R = 4, T > 4
   emu_matvec<8, true>(19, 512, 3, 0);
   emu_matvec<2, true>(37, 50, 3, 0);    // K % 16 != 0: element path
   emu_matvec<4, true>(13, 1000, 2, 0);
   emu_matvec<1, true>(13, 1040, 2, 1);  // misaligned X
+  emu_matvec<1, true>(20, 4608, 2, 0);  // 9 chunks over 8 warps: prefetch within and across groups
+  emu_matvec<3, true>(9, 4608, 1, 0);
 }
 TEST(CudaEmu, MatvecBf16) {
   emu_matvec<1, false>(37, 1040, 3, 0);
   emu_matvec<4, false>(13, 2056, 2, 0);
   emu_matvec<6, false>(21, 50, 3, 0);
   emu_matvec<3, false>(13, 1040, 2, 1);
+  emu_matvec<2, false>(20, 2304, 2, 0);  // 9 chunks of 256 BF16 over 8 warps
 }
 TEST(CudaEmu, MatmulAndSimple) {
   emu_matmul<true>(130, 165, 50, false);  // partial tiles in T, N and K

@@ -111,7 +111,7 @@ void check_sizes(const char* what, const float* X, int64_t T, int64_t K, const v
 template <int T, bool HXQ>
 void launch_matvec_t(const float* X, int64_t K, int64_t N, const void* W, const float* cb, const int64_t* rp,
                      const int32_t* col, const float* delta, float* Y, cudaStream_t s) {
-  constexpr int R = T <= 4 ? 4 : 8;
+  constexpr int R = matvec_rows(T);
   constexpr int EPV = HXQ ? 16 : 8;
   const int64_t nchunks = (K + 32 * EPV - 1) / (32 * EPV);
   const int nwarps = int(std::clamp<int64_t>(nchunks, 2, 8));

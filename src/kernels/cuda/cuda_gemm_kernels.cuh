@@ -68,6 +68,10 @@ __global__ void __launch_bounds__(kSimpleThreads)
 
 constexpr int kCbCopies = 32;
 
+// Rows per group of the matvec for T rows of X: 8 for T <= 2 (more bytes in flight per warp),
+// else 4 (registers: the current and the prefetched weights, R·T accumulators, T·4 x values).
+constexpr int matvec_rows(int T) { return T <= 2 ? 8 : 4; }
+
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
@@ -97,6 +101,26 @@ __global__ void __launch_bounds__(256)
   const int64_t nchunks = (K + chunk - 1) / chunk;
   const int64_t ngroups = (N + R - 1) / R;
 
+  // VEC: this warp's work items (group grp, chunk c) are walked in order and the weights of the
+  // next item are loaded before the current one is computed (and before the block-wide reduction
+  // at the end of a group), so each warp always has a load in flight.
+  auto load_item = [&](int64_t g, int64_t cc, uint4* wv) {
+    const int64_t k0 = cc * chunk + int64_t(lane) * EPV;
+HXQ_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = g * R + r;
+      if (row < N && k0 < K) {
+        const uint4* src = HXQ ? reinterpret_cast<const uint4*>(W8 + row * K + k0)
+                               : reinterpret_cast<const uint4*>(W16 + row * K + k0);
+        wv[r] = __ldcs(src);
+      } else {
+        wv[r] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  uint4 cur[R];
+  if (VEC && blockIdx.x < ngroups && warp < nchunks) load_item(blockIdx.x, warp, cur);
+
   for (int64_t grp = blockIdx.x; grp < ngroups; grp += gridDim.x) {
     const int64_t r0 = grp * R;
     float acc[R][T];
@@ -107,51 +131,48 @@ HXQ_UNROLL
 
     for (int64_t c = warp; c < nchunks; c += nwarps) {
       const int64_t k0 = c * chunk + int64_t(lane) * EPV;
-      if (k0 >= K) continue;
       if constexpr (VEC) {
         // K % EPV == 0 here, so all EPV elements from k0 are inside the row.
-        uint4 wv[R];
+        uint4 nxt[R];
+        const bool more_here = c + nwarps < nchunks, more_next = grp + gridDim.x < ngroups;
+        if (more_here) load_item(grp, c + nwarps, nxt);
+        else if (more_next) load_item(grp + gridDim.x, warp, nxt);
+        if (k0 < K) {
 HXQ_UNROLL
-        for (int r = 0; r < R; ++r) {
-          if (r0 + r < N) {
-            const uint4* src = HXQ ? reinterpret_cast<const uint4*>(W8 + (r0 + r) * K + k0)
-                                   : reinterpret_cast<const uint4*>(W16 + (r0 + r) * K + k0);
-            wv[r] = __ldcs(src);
-          } else {
-            wv[r] = make_uint4(0, 0, 0, 0);
-          }
-        }
+          for (int j = 0; j < 4; ++j) {
+            float xv[T][EPW];
 HXQ_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          float xv[T][EPW];
-HXQ_UNROLL
-          for (int t = 0; t < T; ++t) {
-            const float* xp = X + t * K + k0 + j * EPW;
-            if constexpr (EPW == 4) {
-              const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
-              xv[t][0] = v.x;
-              xv[t][1] = v.y;
-              xv[t][2] = v.z;
-              xv[t][3] = v.w;
-            } else {
-              const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
-              xv[t][0] = v.x;
-              xv[t][1] = v.y;
+            for (int t = 0; t < T; ++t) {
+              const float* xp = X + t * K + k0 + j * EPW;
+              if constexpr (EPW == 4) {
+                const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
+                xv[t][0] = v.x;
+                xv[t][1] = v.y;
+                xv[t][2] = v.z;
+                xv[t][3] = v.w;
+              } else {
+                const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
+                xv[t][0] = v.x;
+                xv[t][1] = v.y;
+              }
             }
-          }
 HXQ_UNROLL
-          for (int r = 0; r < R; ++r) {
-            const uint32_t wd = word_of(wv[r], j);
+            for (int r = 0; r < R; ++r) {
+              const uint32_t wd = word_of(cur[r], j);
 HXQ_UNROLL
-            for (int b = 0; b < EPW; ++b) {
-              float wf;
-              if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
-              else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
+              for (int b = 0; b < EPW; ++b) {
+                float wf;
+                if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
+                else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
 HXQ_UNROLL
-              for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
+                for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
+              }
             }
           }
         }
+        if (more_here || more_next)
+HXQ_UNROLL
+          for (int r = 0; r < R; ++r) cur[r] = nxt[r];
       } else {
         for (int e = 0; e < EPV; ++e) {
           const int64_t k = k0 + e;
