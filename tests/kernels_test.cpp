@@ -418,7 +418,8 @@ TEST(KernelsHxq, Bf16FlagSelectsTwoPlaneDecoderOnAvx512) {
 namespace {
 
 // The error bound of the fast path for one output (see kernels_avx512.cpp):
-//   ĉb = z + s·u, |ĉb − cb| ≤ s/2;  x̂ = sx_b·q, |x̂ − x| ≤ sx_b/2   (sx_b = max|x| in block / 32639)
+//   ĉb = z + s·u, |ĉb − cb| ≤ s/2;  x̂ = sx_b·q, |x̂ − x| ≤ sx_b/2   (sx_b = max|x| in block / 32639,
+//   blocks of detail::kQBlock columns)
 //   |Σ ĉb·x̂ − Σ cb·x| ≤ Σ_k (s/2)·|x_k| + |ĉb_k|·sx_b/2
 // (0.51 instead of 0.5 covers the float32 rounding of s, 1/sx and x / sx), plus float32
 // summation: ~2^-24 relative per addition over nb block sums, 16 lanes and the zero-point
@@ -431,12 +432,12 @@ double fast_tolerance(const Hxq& h, const float* x, int64_t K, int64_t r, bool s
   }
   const double s = double((mx - mn) / 65535.0f), zc = double(mn) + 32768.0 * s;
   double tol = 0, mag = 0;
-  const int64_t nb = (K + 511) / 512;
+  const int64_t B = detail::kQBlock, nb = (K + B - 1) / B;
   for (int64_t b = 0; b < nb; ++b) {
     float m = 0;
-    for (int64_t k = b * 512; k < std::min(K, b * 512 + 512); ++k) m = std::max(m, std::abs(x[k]));
+    for (int64_t k = b * B; k < std::min(K, b * B + B); ++k) m = std::max(m, std::abs(x[k]));
     const double sx = double(m) / 32639.0;
-    for (int64_t k = b * 512; k < std::min(K, b * 512 + 512); ++k) {
+    for (int64_t k = b * B; k < std::min(K, b * B + B); ++k) {
       const double cb = h.codebook[h.idx[size_t(r * K + k)]];
       tol += 0.51 * s * std::abs(x[k]) + 0.51 * (std::abs(cb) + s) * sx;
       mag += (std::abs(cb) + std::abs(zc) + s) * (std::abs(x[k]) + sx);
@@ -460,7 +461,7 @@ TEST(KernelsHxqFast, WithinQuantisationBound) {
   ASSERT_TRUE(hxq_fast_available());
   std::mt19937 rng(2024);
   // Decode-regime shapes (T <= 4) incl. K not a multiple of 64 or 512, several blocks, N odd.
-  const Shape shapes[] = {{1, 1, 1}, {1, 37, 3}, {2, 100, 33}, {3, 513, 17}, {4, 1100, 9}, {1, 2048, 64}, {2, 1535, 5}};
+  const Shape shapes[] = {{1, 1, 1}, {1, 37, 3}, {2, 100, 33}, {3, 513, 17}, {4, 1100, 9}, {1, 2048, 64}, {2, 1535, 5}, {1, 3000, 7}};
   for (const Shape& sh : shapes)
     for (bool sidecar : {false, true}) {
       const Hxq h = make_hxq(sh.N, sh.K, rng, false);

@@ -21,7 +21,7 @@ namespace hxq::detail {
 // rows of kp = K rounded up to 64 bytes (zero padded). lanes[t][b][j] = 128 · Σ q over the
 // columns c of block b with (c mod 64) / 4 == j (the int32 lane that VPDPBUSD adds them into);
 // sum[t] = Σ_k x̂[t][k].
-inline constexpr int64_t kQBlock = 512;
+inline constexpr int64_t kQBlock = 1024;  // see the bounds in kernels_avx512.cpp
 struct QuantX {
   int64_t T = 0, K = 0, kp = 0, nb = 0;
   int8_t* hi = nullptr;

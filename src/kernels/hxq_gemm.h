@@ -27,7 +27,7 @@ bool codebook_is_bf16_exact(const float* cb, int64_t n);
 
 // How the decode regime (T <= 4 rows of X) computes HXQ products:
 // * Fast (default): on AVX-512 with VBMI and VNNI, integer dot products on a 16-bit form of the
-//   codebook (affine, error <= (max − min) / 131070 per entry) and of X (per 512-column block,
+//   codebook (affine, error <= (max − min) / 131070 per entry) and of X (per 1024-column block,
 //   error <= max|x| / 65278 per element); ~1.7× the exact path's speed, at the memory-bandwidth
 //   limit. Everywhere else (other ISAs, larger T, non-finite X) it is the exact path.
 // * Exact: float32 codebook values and X, exact products, float32 sums (every ISA, every T).
