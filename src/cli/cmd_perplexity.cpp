@@ -162,9 +162,9 @@ void add_kl(CLI::App& app) {
                        {"protocol", o->protocol},        {"seconds", k.seconds}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("KL(base || other): mean %.6f, p99 %.6f, max %.6f nats/token; top-1 agreement %.2f%%\n", k.kl_mean,
+      std::printf("KL(base || other): mean %.3g, p99 %.3g, max %.3g nats/token; top-1 agreement %.2f%%\n", k.kl_mean,
                   k.kl_p99, k.kl_max, 100.0 * k.top1_agreement);
-      std::printf("PPL base %.4f, other %.4f (%+.3f%%) over %lld scored tokens, %.1f s\n", k.base.ppl, k.other.ppl, dppl,
+      std::printf("PPL base %.4f, other %.4f (%+.4g%%) over %lld scored tokens, %.1f s\n", k.base.ppl, k.other.ppl, dppl,
                   (long long)k.base.count, k.seconds);
     }
   });
