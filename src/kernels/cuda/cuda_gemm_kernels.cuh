@@ -68,16 +68,20 @@ __global__ void __launch_bounds__(kSimpleThreads)
 
 constexpr int kCbCopies = 32;
 
-// Rows per group of the matvec for T rows of X: 8 for T <= 2 (more bytes in flight per warp),
-// else 4 (registers: the current and the prefetched weights, R·T accumulators, T·4 x values).
-constexpr int matvec_rows(int T) { return T <= 2 ? 8 : 4; }
+// Rows per group of the matvec for T rows of X (registers: the current and the prefetched
+// weights, R·T accumulators, T·4 x values).
+constexpr int matvec_rows(int T) { return 4; }
+// Blocks per SM the matvec is compiled for (register budget): measured on an H100 (ncu), 8 rows
+// per group and no bound gave 112 registers, 2 blocks of 8 warps per SM (25 % occupancy) and
+// issue slots 40 % busy, latency-bound; more resident warps hide the lookups' latency.
+constexpr int matvec_min_blocks(int T) { return T == 1 ? 4 : T == 2 ? 3 : T <= 4 ? 2 : 1; }
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
 template <int T, int R, bool VEC, bool HXQ>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, matvec_min_blocks(T))
     matvec_kernel(const float* __restrict__ X, int64_t K, int64_t N, const void* __restrict__ Wp,
                   const float* __restrict__ cb, const int64_t* __restrict__ rp, const int32_t* __restrict__ col,
                   const float* __restrict__ delta, float* __restrict__ Y) {
