@@ -70,7 +70,7 @@ const KernelSet& kernels_avx512();
 
 }  // namespace hxq::detail
 
-#include <functional>
+#include "core/threadpool.h"
 #include <memory>
 #include <new>
 
@@ -108,17 +108,17 @@ inline bool use_decode(int64_t T, int64_t K, bool hxq) {
 // Calls fn(begin, end) on chunks of `chunk` indices covering [0, n), handed out to the pool's
 // threads through an atomic counter (a thread that is descheduled on a busy machine does not
 // hold back the others, as a static split would). Single chunk: runs on the caller.
-void dynamic_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
+void dynamic_for(int64_t n, int64_t chunk, FnRef<void(int64_t, int64_t)> fn);
 
 // Decode-regime driver: prepares X, splits rows of W over the pool and calls
 // rows(Xp, n0, n1) for each range (which writes Y[:, n0:n1]).
 void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DType wdt, bool hxq,
                    int64_t N, int64_t row_bytes,
-                   const std::function<void(const float* Xp, int64_t n0, int64_t n1)>& rows);
+                   FnRef<void(const float*, int64_t, int64_t)> rows);
 
 // Prefill-regime driver: packs X, splits (panel of nr rows of W) x (group of mr-row blocks of X)
 // tasks over the pool; pack_w(n0, n, dst) writes the [K][nr] float panel of rows n0 .. n0+n-1.
 void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, int64_t N,
-                    const std::function<void(int64_t n0, int64_t n, float* dst)>& pack_w, float* Y);
+                    FnRef<void(int64_t, int64_t, float*)> pack_w, float* Y);
 
 }  // namespace hxq::detail

@@ -22,7 +22,7 @@ const KernelSet* active_kernels() {
   return nullptr;
 }
 
-void dynamic_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
+void dynamic_for(int64_t n, int64_t chunk, FnRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   chunk = std::max<int64_t>(1, chunk);
   ThreadPool& tp = pool();
@@ -45,7 +45,7 @@ void dynamic_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int
 
 void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DType wdt, bool hxq,
                    int64_t N, int64_t row_bytes,
-                   const std::function<void(const float* Xp, int64_t n0, int64_t n1)>& rows) {
+                   FnRef<void(const float*, int64_t, int64_t)> rows) {
   thread_local AlignedFloats xbuf;
   const int64_t kp = ks.decode_kp(K);
   float* Xp = xbuf.get(size_t(std::max<int64_t>(1, T * kp)));
@@ -57,7 +57,7 @@ void decode_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, DT
 }
 
 void prefill_driver(const KernelSet& ks, const float* X, int64_t T, int64_t K, int64_t N,
-                    const std::function<void(int64_t n0, int64_t n, float* dst)>& pack_w, float* Y) {
+                    FnRef<void(int64_t, int64_t, float*)> pack_w, float* Y) {
   const int64_t MR = ks.mr, NR = ks.nr;
   // k-block of the packed path: B slice kc x nr floats (64 KiB at nr = 32, from L2); larger
   // blocks measured better than L1-sized ones (fewer passes over C, fewer calls).
