@@ -631,10 +631,16 @@ void emu_matvec(int64_t N, int64_t K, unsigned grid, int x_off) {
   std::vector<float> Y(size_t(T * N), -7.0f);
   const void* W = HXQ ? static_cast<const void*>(w.h.idx.data()) : static_cast<const void*>(w.bf.data());
   const int64_t* rp = HXQ ? w.h.rp.data() : nullptr;
-  emu::launch(dim3(grid), dim3(unsigned(nwarps * 32)), smem, [&] {
-    if (vec) kn::matvec_kernel<T, R, true, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
-    else kn::matvec_kernel<T, R, false, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
-  });
+  if (vec) {  // one row group per warp, blocks of 8 warps
+    const size_t smem_w = size_t(HXQ ? 256 * kn::kCbCopies : 0) * 4;
+    emu::launch(dim3(grid), dim3(unsigned(kn::kWarpKernelWarps * 32)), smem_w, [&] {
+      kn::matvec_warp_kernel<T, R, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+    });
+  } else {
+    emu::launch(dim3(grid), dim3(unsigned(nwarps * 32)), smem, [&] {
+      kn::matvec_kernel<T, R, false, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+    });
+  }
   expect_near_all(std::string("matvec ") + (HXQ ? "hxq" : "bf16") + (vec ? " vec" : " elem") + " T=" +
                       std::to_string(T) + " " + std::to_string(N) + "x" + std::to_string(K),
                   Y, emu_ref(std::vector<float>(X, X + T * K), T, w, HXQ), 1e-5);
@@ -719,6 +725,8 @@ TEST(CudaEmu, MatvecHxq) {
   emu_matvec<1, true>(13, 1040, 2, 1);  // misaligned X
   emu_matvec<1, true>(20, 4608, 2, 0);  // 9 chunks over 8 warps: prefetch within and across groups
   emu_matvec<3, true>(9, 4608, 1, 0);
+  emu_matvec<1, true>(301, 1040, 2, 0);  // 76 row groups over 16 warps: each warp loops over groups
+  emu_matvec<8, true>(130, 512, 1, 0);
 }
 TEST(CudaEmu, MatvecBf16) {
   emu_matvec<1, false>(37, 1040, 3, 0);
@@ -726,6 +734,7 @@ TEST(CudaEmu, MatvecBf16) {
   emu_matvec<6, false>(21, 50, 3, 0);
   emu_matvec<3, false>(13, 1040, 2, 1);
   emu_matvec<2, false>(20, 2304, 2, 0);  // 9 chunks of 256 BF16 over 8 warps
+  emu_matvec<2, false>(301, 520, 1, 0);   // 76 row groups over 8 warps, last chunk partial
 }
 TEST(CudaEmu, MatmulAndSimple) {
   emu_matmul<true>(130, 165, 50, false);  // partial tiles in T, N and K

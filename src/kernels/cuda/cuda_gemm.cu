@@ -113,15 +113,27 @@ void launch_matvec_t(const float* X, int64_t K, int64_t N, const void* W, const 
                      const int32_t* col, const float* delta, float* Y, cudaStream_t s) {
   constexpr int R = matvec_rows(T);
   constexpr int EPV = HXQ ? 16 : 8;
+  const bool vec = K % EPV == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
+  const int64_t ngroups = (N + R - 1) / R;
+  int per_sm = 0;
+  if (vec) {
+    // One row group per warp, blocks of 8 warps.
+    const int threads = kWarpKernelWarps * 32;
+    const size_t smem = size_t(HXQ ? 256 * kCbCopies : 0) * sizeof(float);
+    auto kern = matvec_warp_kernel<T, R, HXQ>;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem), "cudaOccupancyMaxActiveBlocks");
+    const int64_t blocks_needed = (ngroups + kWarpKernelWarps - 1) / kWarpKernelWarps;
+    const int grid = int(std::max<int64_t>(1, std::min<int64_t>(blocks_needed, int64_t(std::max(per_sm, 1)) * detail::sm_count())));
+    kern<<<grid, threads, smem, s>>>(X, K, N, W, cb, rp, col, delta, Y);
+    check_launch(HXQ ? "matvec_warp_kernel(hxq)" : "matvec_warp_kernel(bf16)");
+    return;
+  }
   const int64_t nchunks = (K + 32 * EPV - 1) / (32 * EPV);
   const int nwarps = int(std::clamp<int64_t>(nchunks, 2, 8));
   const int threads = nwarps * 32;
   const size_t smem = size_t((HXQ ? 256 * kCbCopies : 0) + nwarps * R * T) * sizeof(float);
-  const bool vec = K % EPV == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
-  auto kern = vec ? matvec_kernel<T, R, true, HXQ> : matvec_kernel<T, R, false, HXQ>;
-  int per_sm = 0;
+  auto kern = matvec_kernel<T, R, false, HXQ>;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem), "cudaOccupancyMaxActiveBlocks");
-  const int64_t ngroups = (N + R - 1) / R;
   const int grid = int(std::max<int64_t>(1, std::min<int64_t>(ngroups, int64_t(std::max(per_sm, 1)) * detail::sm_count())));
   kern<<<grid, threads, smem, s>>>(X, K, N, W, cb, rp, col, delta, Y);
   check_launch(HXQ ? "matvec_kernel(hxq)" : "matvec_kernel(bf16)");

@@ -220,6 +220,121 @@ HXQ_UNROLL
   }
 }
 
+// ---- matvec, one row group per warp (VEC case: K % EPV == 0, 16-byte aligned W and X) ----
+//
+// Blocks of 8 warps share the replicated codebook (as above). Warp gw = blockIdx.x · 8 + warp
+// takes row groups gw, gw + 8·gridDim.x, ...; for each it streams every K-chunk of its R rows
+// (the next chunk's loads, possibly of its next group, issued before the current chunk is
+// computed) and reduces with warp shuffles only: no shared-memory reduction, no block barrier
+// after the codebook fill. Measured on the H100 against matvec_kernel (block-wide reduction per
+// group of 4 rows): see docs/PERFORMANCE.md.
+constexpr int kWarpKernelWarps = 8;
+
+template <int T, int R, bool HXQ>
+__global__ void __launch_bounds__(256, matvec_min_blocks(T))
+    matvec_warp_kernel(const float* __restrict__ X, int64_t K, int64_t N, const void* __restrict__ Wp,
+                       const float* __restrict__ cb, const int64_t* __restrict__ rp, const int32_t* __restrict__ col,
+                       const float* __restrict__ delta, float* __restrict__ Y) {
+  HXQ_EXTERN_SHARED(float, smem);
+  float* cbs = smem;                   // HXQ: 256 * 32 floats
+  constexpr int EPV = HXQ ? 16 : 8;    // elements per 16-byte vector
+  constexpr int EPW = EPV / 4;         // elements per 32-bit word
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, nwarps = int(blockDim.x) >> 5;
+  if constexpr (HXQ) {
+    for (int i = threadIdx.x; i < 256 * (kCbCopies / 4); i += blockDim.x) {
+      const float v = __ldg(cb + i / (kCbCopies / 4));
+      reinterpret_cast<float4*>(cbs)[i] = make_float4(v, v, v, v);
+    }
+    __syncthreads();
+  }
+  const uint8_t* W8 = static_cast<const uint8_t*>(Wp);
+  const uint16_t* W16 = static_cast<const uint16_t*>(Wp);
+  const int64_t chunk = int64_t(32) * EPV;
+  const int64_t nchunks = (K + chunk - 1) / chunk;
+  const int64_t ngroups = (N + R - 1) / R;
+  const int64_t gstride = int64_t(gridDim.x) * nwarps;
+
+  auto load_item = [&](int64_t g, int64_t cc, uint4* wv) {
+    const int64_t k0 = cc * chunk + int64_t(lane) * EPV;
+HXQ_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = g * R + r;
+      if (row < N && k0 < K) {
+        const uint4* src = HXQ ? reinterpret_cast<const uint4*>(W8 + row * K + k0)
+                               : reinterpret_cast<const uint4*>(W16 + row * K + k0);
+        wv[r] = __ldcs(src);
+      } else {
+        wv[r] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+
+  int64_t grp = int64_t(blockIdx.x) * nwarps + warp;
+  uint4 cur[R];
+  if (grp < ngroups && nchunks > 0) load_item(grp, 0, cur);
+  for (; grp < ngroups; grp += gstride) {
+    float acc[R][T];
+HXQ_UNROLL
+    for (int r = 0; r < R; ++r)
+HXQ_UNROLL
+      for (int t = 0; t < T; ++t) acc[r][t] = 0.0f;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t k0 = c * chunk + int64_t(lane) * EPV;
+      uint4 nxt[R];
+      const bool more_here = c + 1 < nchunks, more_next = grp + gstride < ngroups;
+      if (more_here) load_item(grp, c + 1, nxt);
+      else if (more_next) load_item(grp + gstride, 0, nxt);
+      if (k0 < K) {
+HXQ_UNROLL
+        for (int j = 0; j < 4; ++j) {
+          float xv[T][EPW];
+HXQ_UNROLL
+          for (int t = 0; t < T; ++t) {
+            const float* xp = X + t * K + k0 + j * EPW;
+            if constexpr (EPW == 4) {
+              const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
+              xv[t][0] = v.x;
+              xv[t][1] = v.y;
+              xv[t][2] = v.z;
+              xv[t][3] = v.w;
+            } else {
+              const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
+              xv[t][0] = v.x;
+              xv[t][1] = v.y;
+            }
+          }
+HXQ_UNROLL
+          for (int r = 0; r < R; ++r) {
+            const uint32_t wd = word_of(cur[r], j);
+HXQ_UNROLL
+            for (int b = 0; b < EPW; ++b) {
+              float wf;
+              if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
+              else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
+HXQ_UNROLL
+              for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
+            }
+          }
+        }
+      }
+      if (more_here || more_next)
+HXQ_UNROLL
+        for (int r = 0; r < R; ++r) cur[r] = nxt[r];
+    }
+    // Butterfly reduction: every lane ends with every sum; lane r·T + t writes output (r, t).
+HXQ_UNROLL
+    for (int r = 0; r < R; ++r)
+HXQ_UNROLL
+      for (int t = 0; t < T; ++t) {
+        float v = acc[r][t];
+HXQ_UNROLL
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        const int64_t row = grp * R + r;
+        if (lane == r * T + t && row < N) Y[t * N + row] = add_sidecar(v, X, K, t, row, rp, col, delta);
+      }
+  }
+}
+
 // ---- tiled matmul (any T) ----
 //
 // Block = 256 threads (16 x 16), output tile 128 (T) x 128 (N), K-steps of 16. Each step loads
