@@ -10,6 +10,7 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <span>
 #include <vector>
 
 #include "core/dtype.h"
@@ -141,9 +142,13 @@ struct Shape {
 const Shape kShapes[] = {{37, 50}, {130, 1000}, {64, 256}, {257, 1040}, {300, 2048}, {129, 4096}};
 
 // x_offset: start X one float into the buffer (misaligned for 16-byte loads: the per-element path).
-void check_hxq(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, bool sidecar, int x_offset = 0) {
+// Enough rows (> 2 · 8 warps · 132 SMs row groups of 4) for the launcher's one-group-per-warp kernel.
+const Shape kManyRows[] = {{9000, 1024}, {8500, 528}};
+
+void check_hxq(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, bool sidecar, int x_offset = 0,
+               std::span<const Shape> shapes = kShapes) {
   uint32_t seed = 100;
-  for (const Shape& sh : kShapes) {
+  for (const Shape& sh : shapes) {
     const HostHxq w = random_hxq(sh.rows, sh.cols, sidecar, seed++);
     const hc::DeviceHxq dw = hc::upload_hxq(w.view());
     for (int64_t T : Ts) {
@@ -165,9 +170,10 @@ void check_hxq(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, bool sidecar, 
   }
 }
 
-void check_bf16(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, int x_offset = 0) {
+void check_bf16(hc::CudaAlgo algo, const std::vector<int64_t>& Ts, int x_offset = 0,
+                std::span<const Shape> shapes = kShapes) {
   uint32_t seed = 500;
-  for (const Shape& sh : kShapes) {
+  for (const Shape& sh : shapes) {
     const int64_t N = sh.rows, K = sh.cols;
     const std::vector<float> wf = random_vec(size_t(N * K), seed++, 0.05f);
     std::vector<uint16_t> wb(wf.size());
@@ -287,6 +293,17 @@ TEST(CudaGemmHxq, MatvecMatchesCpu) {
   HXQ_REQUIRE_GPU();
   check_hxq(hc::CudaAlgo::Matvec, {1, 2, 3, 4, 5, 6, 7, 8}, true);
 }
+// Many row groups: the launcher takes the one-group-per-warp kernel (the shapes above take the
+// block kernel); 528 columns end in a partial 512-element chunk.
+TEST(CudaGemmHxq, MatvecManyRowsWarpKernel) {
+  HXQ_REQUIRE_GPU();
+  check_hxq(hc::CudaAlgo::Matvec, {1, 2, 4, 8}, true, 0, kManyRows);
+}
+TEST(CudaGemmBf16, MatvecManyRowsWarpKernel) {
+  HXQ_REQUIRE_GPU();
+  check_bf16(hc::CudaAlgo::Matvec, {1, 3, 8}, 0, kManyRows);
+}
+
 TEST(CudaGemmHxq, MatvecNoSidecar) {
   HXQ_REQUIRE_GPU();
   check_hxq(hc::CudaAlgo::Matvec, {1, 8}, false);
@@ -616,7 +633,8 @@ std::vector<double> emu_ref(const std::vector<float>& X, int64_t T, const EmuW& 
   return y;
 }
 
-// The launcher's configuration (cuda_gemm.cu launch_matvec_t) with a given grid.
+// The launcher's configurations (cuda_gemm.cu launch_matvec_t) with a given grid: the block
+// kernel, and for aligned inputs also the warp kernel.
 template <int T, bool HXQ>
 void emu_matvec(int64_t N, int64_t K, unsigned grid, int x_off) {
   const EmuW w = emu_weights(N, K, uint32_t(N * 31 + K + T));
@@ -628,22 +646,26 @@ void emu_matvec(int64_t N, int64_t K, unsigned grid, int x_off) {
   const int nwarps = int(std::clamp<int64_t>(nchunks, 2, 8));
   const size_t smem = size_t((HXQ ? 256 * kn::kCbCopies : 0) + nwarps * R * T) * 4;
   const bool vec = K % EPV == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
-  std::vector<float> Y(size_t(T * N), -7.0f);
   const void* W = HXQ ? static_cast<const void*>(w.h.idx.data()) : static_cast<const void*>(w.bf.data());
   const int64_t* rp = HXQ ? w.h.rp.data() : nullptr;
-  if (vec) {  // one row group per warp, blocks of 8 warps
+  const std::vector<double> ref = emu_ref(std::vector<float>(X, X + T * K), T, w, HXQ);
+  const std::string what = std::string("matvec ") + (HXQ ? "hxq" : "bf16") + " T=" + std::to_string(T) + " " +
+                           std::to_string(N) + "x" + std::to_string(K);
+  // The block kernel (K split over the warps of a block), vectorised or per element.
+  std::vector<float> Y(size_t(T * N), -7.0f);
+  emu::launch(dim3(grid), dim3(unsigned(nwarps * 32)), smem, [&] {
+    if (vec) kn::matvec_kernel<T, R, true, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+    else kn::matvec_kernel<T, R, false, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+  });
+  expect_near_all(what + (vec ? " block vec" : " block elem"), Y, ref, 1e-5);
+  if (vec) {  // the warp kernel (one row group per warp, blocks of 8 warps)
+    std::vector<float> Yw(size_t(T * N), -7.0f);
     const size_t smem_w = size_t(HXQ ? 256 * kn::kCbCopies : 0) * 4;
     emu::launch(dim3(grid), dim3(unsigned(kn::kWarpKernelWarps * 32)), smem_w, [&] {
-      kn::matvec_warp_kernel<T, R, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
+      kn::matvec_warp_kernel<T, R, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Yw.data());
     });
-  } else {
-    emu::launch(dim3(grid), dim3(unsigned(nwarps * 32)), smem, [&] {
-      kn::matvec_kernel<T, R, false, HXQ>(X, K, N, W, w.h.cb.data(), rp, w.h.col.data(), w.h.delta.data(), Y.data());
-    });
+    expect_near_all(what + " warp", Yw, ref, 1e-5);
   }
-  expect_near_all(std::string("matvec ") + (HXQ ? "hxq" : "bf16") + (vec ? " vec" : " elem") + " T=" +
-                      std::to_string(T) + " " + std::to_string(N) + "x" + std::to_string(K),
-                  Y, emu_ref(std::vector<float>(X, X + T * K), T, w, HXQ), 1e-5);
 }
 
 template <bool HXQ>
