@@ -80,6 +80,72 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
+// Shared by both matvec kernels. The codebook replicated kCbCopies times: 256 entries x 8 float4
+// stores of the same value (cbs is 16-byte aligned: dynamic shared memory); ends with a barrier.
+__device__ __forceinline__ void fill_codebook(float* cbs, const float* __restrict__ cb) {
+  for (int i = threadIdx.x; i < 256 * (kCbCopies / 4); i += blockDim.x) {
+    const float v = __ldg(cb + i / (kCbCopies / 4));
+    reinterpret_cast<float4*>(cbs)[i] = make_float4(v, v, v, v);
+  }
+  __syncthreads();
+}
+
+// This lane's 16-byte vectors of rows g·R .. g·R + R − 1 from column k0 (zeros past N or K).
+template <int R, bool HXQ>
+__device__ __forceinline__ void load_rows(const void* __restrict__ Wp, int64_t K, int64_t N, int64_t g, int64_t k0,
+                                          uint4* wv) {
+HXQ_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = g * R + r;
+    if (row < N && k0 < K) {
+      const uint4* src = HXQ ? reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(Wp) + row * K + k0)
+                             : reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(Wp) + row * K + k0);
+      wv[r] = __ldcs(src);
+    } else {
+      wv[r] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// acc[r][t] += Σ over this lane's EPV columns from k0 of W[r] · X[t] (wv from load_rows; k0 + EPV
+// <= K and X 16-byte aligned per row: the VEC case).
+template <int T, int R, bool HXQ>
+__device__ __forceinline__ void fma_chunk(const uint4* wv, const float* __restrict__ X, int64_t K, int64_t k0,
+                                          const float* cbs, int lane, float (&acc)[R][T]) {
+  constexpr int EPW = HXQ ? 4 : 2;  // elements per 32-bit word
+HXQ_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    float xv[T][EPW];
+HXQ_UNROLL
+    for (int t = 0; t < T; ++t) {
+      const float* xp = X + t * K + k0 + j * EPW;
+      if constexpr (EPW == 4) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
+        xv[t][0] = v.x;
+        xv[t][1] = v.y;
+        xv[t][2] = v.z;
+        xv[t][3] = v.w;
+      } else {
+        const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
+        xv[t][0] = v.x;
+        xv[t][1] = v.y;
+      }
+    }
+HXQ_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint32_t wd = word_of(wv[r], j);
+HXQ_UNROLL
+      for (int b = 0; b < EPW; ++b) {
+        float wf;
+        if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
+        else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
+HXQ_UNROLL
+        for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
+      }
+    }
+  }
+}
+
 template <int T, int R, bool VEC, bool HXQ>
 __global__ void __launch_bounds__(256, matvec_min_blocks(T))
     matvec_kernel(const float* __restrict__ X, int64_t K, int64_t N, const void* __restrict__ Wp,
@@ -89,16 +155,8 @@ __global__ void __launch_bounds__(256, matvec_min_blocks(T))
   float* cbs = smem;                                   // HXQ: 256 * 32 floats
   float* red = smem + (HXQ ? 256 * kCbCopies : 0);     // nwarps * R * T floats
   constexpr int EPV = HXQ ? 16 : 8;                    // elements per 16-byte vector
-  constexpr int EPW = EPV / 4;                         // elements per 32-bit word
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, nwarps = int(blockDim.x) >> 5;
-  if constexpr (HXQ) {
-    // 256 entries x 8 float4 stores of the same value (cbs is 16-byte aligned: dynamic shared memory).
-    for (int i = threadIdx.x; i < 256 * (kCbCopies / 4); i += blockDim.x) {
-      const float v = __ldg(cb + i / (kCbCopies / 4));
-      reinterpret_cast<float4*>(cbs)[i] = make_float4(v, v, v, v);
-    }
-    __syncthreads();
-  }
+  if constexpr (HXQ) fill_codebook(cbs, cb);
   const uint8_t* W8 = static_cast<const uint8_t*>(Wp);
   const uint16_t* W16 = static_cast<const uint16_t*>(Wp);
   const int64_t chunk = int64_t(32) * EPV;
@@ -108,22 +166,9 @@ __global__ void __launch_bounds__(256, matvec_min_blocks(T))
   // VEC: this warp's work items (group grp, chunk c) are walked in order and the weights of the
   // next item are loaded before the current one is computed (and before the block-wide reduction
   // at the end of a group), so each warp always has a load in flight.
-  auto load_item = [&](int64_t g, int64_t cc, uint4* wv) {
-    const int64_t k0 = cc * chunk + int64_t(lane) * EPV;
-HXQ_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const int64_t row = g * R + r;
-      if (row < N && k0 < K) {
-        const uint4* src = HXQ ? reinterpret_cast<const uint4*>(W8 + row * K + k0)
-                               : reinterpret_cast<const uint4*>(W16 + row * K + k0);
-        wv[r] = __ldcs(src);
-      } else {
-        wv[r] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
+  const int64_t lane_k = int64_t(lane) * EPV;
   uint4 cur[R];
-  if (VEC && blockIdx.x < ngroups && warp < nchunks) load_item(blockIdx.x, warp, cur);
+  if (VEC && blockIdx.x < ngroups && warp < nchunks) load_rows<R, HXQ>(Wp, K, N, blockIdx.x, warp * chunk + lane_k, cur);
 
   for (int64_t grp = blockIdx.x; grp < ngroups; grp += gridDim.x) {
     const int64_t r0 = grp * R;
@@ -134,46 +179,14 @@ HXQ_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = 0.0f;
 
     for (int64_t c = warp; c < nchunks; c += nwarps) {
-      const int64_t k0 = c * chunk + int64_t(lane) * EPV;
+      const int64_t k0 = c * chunk + lane_k;
       if constexpr (VEC) {
         // K % EPV == 0 here, so all EPV elements from k0 are inside the row.
         uint4 nxt[R];
         const bool more_here = c + nwarps < nchunks, more_next = grp + gridDim.x < ngroups;
-        if (more_here) load_item(grp, c + nwarps, nxt);
-        else if (more_next) load_item(grp + gridDim.x, warp, nxt);
-        if (k0 < K) {
-HXQ_UNROLL
-          for (int j = 0; j < 4; ++j) {
-            float xv[T][EPW];
-HXQ_UNROLL
-            for (int t = 0; t < T; ++t) {
-              const float* xp = X + t * K + k0 + j * EPW;
-              if constexpr (EPW == 4) {
-                const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
-                xv[t][0] = v.x;
-                xv[t][1] = v.y;
-                xv[t][2] = v.z;
-                xv[t][3] = v.w;
-              } else {
-                const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
-                xv[t][0] = v.x;
-                xv[t][1] = v.y;
-              }
-            }
-HXQ_UNROLL
-            for (int r = 0; r < R; ++r) {
-              const uint32_t wd = word_of(cur[r], j);
-HXQ_UNROLL
-              for (int b = 0; b < EPW; ++b) {
-                float wf;
-                if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
-                else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
-HXQ_UNROLL
-                for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
-              }
-            }
-          }
-        }
+        if (more_here) load_rows<R, HXQ>(Wp, K, N, grp, (c + nwarps) * chunk + lane_k, nxt);
+        else if (more_next) load_rows<R, HXQ>(Wp, K, N, grp + gridDim.x, warp * chunk + lane_k, nxt);
+        if (k0 < K) fma_chunk<T, R, HXQ>(cur, X, K, k0, cbs, lane, acc);
         if (more_here || more_next)
 HXQ_UNROLL
           for (int r = 0; r < R; ++r) cur[r] = nxt[r];
@@ -238,40 +251,16 @@ __global__ void __launch_bounds__(256, matvec_min_blocks(T))
   HXQ_EXTERN_SHARED(float, smem);
   float* cbs = smem;                   // HXQ: 256 * 32 floats
   constexpr int EPV = HXQ ? 16 : 8;    // elements per 16-byte vector
-  constexpr int EPW = EPV / 4;         // elements per 32-bit word
   const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5, nwarps = int(blockDim.x) >> 5;
-  if constexpr (HXQ) {
-    for (int i = threadIdx.x; i < 256 * (kCbCopies / 4); i += blockDim.x) {
-      const float v = __ldg(cb + i / (kCbCopies / 4));
-      reinterpret_cast<float4*>(cbs)[i] = make_float4(v, v, v, v);
-    }
-    __syncthreads();
-  }
-  const uint8_t* W8 = static_cast<const uint8_t*>(Wp);
-  const uint16_t* W16 = static_cast<const uint16_t*>(Wp);
-  const int64_t chunk = int64_t(32) * EPV;
+  if constexpr (HXQ) fill_codebook(cbs, cb);
+  const int64_t chunk = int64_t(32) * EPV, lane_k = int64_t(lane) * EPV;
   const int64_t nchunks = (K + chunk - 1) / chunk;
   const int64_t ngroups = (N + R - 1) / R;
   const int64_t gstride = int64_t(gridDim.x) * nwarps;
 
-  auto load_item = [&](int64_t g, int64_t cc, uint4* wv) {
-    const int64_t k0 = cc * chunk + int64_t(lane) * EPV;
-HXQ_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const int64_t row = g * R + r;
-      if (row < N && k0 < K) {
-        const uint4* src = HXQ ? reinterpret_cast<const uint4*>(W8 + row * K + k0)
-                               : reinterpret_cast<const uint4*>(W16 + row * K + k0);
-        wv[r] = __ldcs(src);
-      } else {
-        wv[r] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-
   int64_t grp = int64_t(blockIdx.x) * nwarps + warp;
   uint4 cur[R];
-  if (grp < ngroups && nchunks > 0) load_item(grp, 0, cur);
+  if (grp < ngroups && nchunks > 0) load_rows<R, HXQ>(Wp, K, N, grp, lane_k, cur);
   for (; grp < ngroups; grp += gstride) {
     float acc[R][T];
 HXQ_UNROLL
@@ -279,44 +268,12 @@ HXQ_UNROLL
 HXQ_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = 0.0f;
     for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t k0 = c * chunk + int64_t(lane) * EPV;
+      const int64_t k0 = c * chunk + lane_k;
       uint4 nxt[R];
       const bool more_here = c + 1 < nchunks, more_next = grp + gstride < ngroups;
-      if (more_here) load_item(grp, c + 1, nxt);
-      else if (more_next) load_item(grp + gstride, 0, nxt);
-      if (k0 < K) {
-HXQ_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          float xv[T][EPW];
-HXQ_UNROLL
-          for (int t = 0; t < T; ++t) {
-            const float* xp = X + t * K + k0 + j * EPW;
-            if constexpr (EPW == 4) {
-              const float4 v = __ldg(reinterpret_cast<const float4*>(xp));
-              xv[t][0] = v.x;
-              xv[t][1] = v.y;
-              xv[t][2] = v.z;
-              xv[t][3] = v.w;
-            } else {
-              const float2 v = __ldg(reinterpret_cast<const float2*>(xp));
-              xv[t][0] = v.x;
-              xv[t][1] = v.y;
-            }
-          }
-HXQ_UNROLL
-          for (int r = 0; r < R; ++r) {
-            const uint32_t wd = word_of(cur[r], j);
-HXQ_UNROLL
-            for (int b = 0; b < EPW; ++b) {
-              float wf;
-              if constexpr (HXQ) wf = cbs[((wd >> (8 * b)) & 255u) * kCbCopies + lane];
-              else wf = __uint_as_float(b == 0 ? (wd << 16) : (wd & 0xffff0000u));
-HXQ_UNROLL
-              for (int t = 0; t < T; ++t) acc[r][t] = fmaf(wf, xv[t][b], acc[r][t]);
-            }
-          }
-        }
-      }
+      if (more_here) load_rows<R, HXQ>(Wp, K, N, grp, k0 + chunk, nxt);
+      else if (more_next) load_rows<R, HXQ>(Wp, K, N, grp + gstride, lane_k, nxt);
+      if (k0 < K) fma_chunk<T, R, HXQ>(cur, X, K, k0, cbs, lane, acc);
       if (more_here || more_next)
 HXQ_UNROLL
         for (int r = 0; r < R; ++r) cur[r] = nxt[r];
