@@ -10,3 +10,14 @@
 // linked into one program).
 #define HXQ_KERN_NS kern
 #endif
+
+namespace hxq::cuda::HXQ_KERN_NS {
+
+// Σ of v over the 32 lanes of a warp (butterfly of shuffles): every lane gets the sum.
+__device__ __forceinline__ float warp_sum(float v) {
+HXQ_UNROLL
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+}  // namespace hxq::cuda::HXQ_KERN_NS

@@ -214,9 +214,7 @@ HXQ_UNROLL
     for (int r = 0; r < R; ++r)
 HXQ_UNROLL
       for (int t = 0; t < T; ++t) {
-        float v = acc[r][t];
-HXQ_UNROLL
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        const float v = warp_sum(acc[r][t]);
         if (lane == 0) red[warp * (R * T) + r * T + t] = v;
       }
     __syncthreads();
@@ -283,9 +281,7 @@ HXQ_UNROLL
     for (int r = 0; r < R; ++r)
 HXQ_UNROLL
       for (int t = 0; t < T; ++t) {
-        float v = acc[r][t];
-HXQ_UNROLL
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        const float v = warp_sum(acc[r][t]);
         const int64_t row = grp * R + r;
         if (lane == r * T + t && row < N) Y[t * N + row] = add_sidecar(v, X, K, t, row, rp, col, delta);
       }

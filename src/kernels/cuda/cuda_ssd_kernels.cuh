@@ -44,8 +44,7 @@ HXQ_UNROLL
         part = fmaf(s[j], Ct[n], part);
       }
     }
-HXQ_UNROLL
-    for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+    part = warp_sum(part);
     if (lane == 0) a.y[(t * a.H + h) * a.P + p] = fmaf(Dh, xv, part);
   }
 HXQ_UNROLL
