@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "kernels/dispatch.h"
 
@@ -348,18 +349,23 @@ bool hxq_quant_x(const float* X, const float* codebook, QuantX& q) {
     double sum = 0;
     for (int64_t b = 0; b < q.nb; ++b) {
       const int64_t k0 = b * kQBlock, k1 = std::min(K, k0 + kQBlock);
+      // Largest |x| of the block, and whether any x is Inf or NaN (max_ps may drop NaNs, so they
+      // are caught by an unordered compare against FLT_MAX in the same pass).
       __m512 m = _mm512_setzero_ps();
+      __mmask16 bad = 0;
+      const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
       int64_t k = k0;
-      for (; k + 16 <= k1; k += 16) m = _mm512_max_ps(m, _mm512_and_ps(_mm512_loadu_ps(x + k), absmask));
-      float mx = _mm512_reduce_max_ps(m);
-      for (; k < k1; ++k) mx = std::max(mx, std::fabs(x[k]));
-      // max_ps drops NaNs depending on operand order: check the block for non-finite values.
-      for (k = k0; k + 16 <= k1; k += 16) {
-        const __m512 v = _mm512_loadu_ps(x + k);
-        if (_mm512_cmp_ps_mask(_mm512_and_ps(v, absmask), _mm512_set1_ps(3.0e38f), _CMP_NLE_UQ)) return false;
+      for (; k + 16 <= k1; k += 16) {
+        const __m512 a = _mm512_and_ps(_mm512_loadu_ps(x + k), absmask);
+        bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
+        m = _mm512_max_ps(m, a);
       }
-      for (; k < k1; ++k)
+      float mx = _mm512_reduce_max_ps(m);
+      for (; k < k1; ++k) {
         if (!std::isfinite(x[k])) return false;
+        mx = std::max(mx, std::fabs(x[k]));
+      }
+      if (bad) return false;
       // Blocks whose largest |x| is below 1e-30 quantise to zero (their products are far below
       // float32 resolution of any realistic output); this keeps 32639 / mx finite.
       const float sx = mx >= 1e-30f ? mx / 32639.0f : 0.0f;
