@@ -233,13 +233,15 @@ TEST(CliCompress, CodebookPrecisionBf16) {
   HXQ_REQUIRE_DATA("fixtures/hf/mamba2-tiny/model.safetensors");
   const auto src = test::data_path("fixtures/hf/mamba2-tiny");
   const auto dir = test::temp_dir("cli-b16");
-  EXPECT_EQ(run_cli({"compress", src, dir + "/o", "--codebook-precision", "f16"}).code, 2);
-  auto r = run_cli({"compress", src, dir + "/o", "--codebook-precision", "bf16", "--no-fsync", "--json"});
+  EXPECT_EQ(run_cli({"compress", src, dir + "/o", "--format", "helix", "--codebook-precision", "f16"}).code, 2);
+  // helix-only options with the (default) v2 format are usage errors, not silently ignored
+  EXPECT_EQ(run_cli({"compress", src, dir + "/o", "--codebook-precision", "bf16"}).code, 2);
+  auto r = run_cli({"compress", src, dir + "/o", "--format", "helix", "--codebook-precision", "bf16", "--no-fsync", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   std::ifstream f(dir + "/o/config.json");
   const std::string cfg((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   EXPECT_NE(cfg.find("\"hxq_codebook_precision\": \"bf16\""), std::string::npos) << cfg;
-  r = run_cli({"compress", src, dir + "/d", "--no-fsync", "--json"});
+  r = run_cli({"compress", src, dir + "/d", "--format", "helix", "--no-fsync", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   std::ifstream g(dir + "/d/config.json");
   const std::string dcfg((std::istreambuf_iterator<char>(g)), std::istreambuf_iterator<char>());

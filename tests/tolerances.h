@@ -21,4 +21,10 @@ inline constexpr float kDecodeVsPrefillAbs = 2e-3f;
 // summation order inside the kernels differs.
 inline constexpr float kHxqVsDecodedAbs = 1e-4f;
 
+// HXQ v2 kernels vs a double-precision sum over the decoded weights: a float32 sum of n terms in
+// any order is within n·u·Σ|terms| of the exact sum (u = 2^-24, first order), each product and
+// the decoded weight (scale × codebook entry, + sidecar delta) add a few roundings per term; the
+// test bounds |y − ref| by kHxq2SumUlps · (K + 16) · u · Σ|x·w|, i.e. twice the worst case.
+inline constexpr double kHxq2SumUlps = 2.0;
+
 }  // namespace hxq::tol

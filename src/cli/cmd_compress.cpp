@@ -12,6 +12,7 @@
 #include "cli/common.h"
 #include "codec/compress.h"
 #include "codec/hxq_config.h"
+#include "codec/hxq2_weight.h"
 #include "codec/hxq_weight.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -35,6 +36,17 @@ std::string human_bytes(double b) {
 void print_receipt(const CompressReceipt& r) {
   auto j = r.to_json();
   std::printf("compressed %s -> %s\n", r.input.c_str(), r.output.c_str());
+  if (r.format == "v2") {
+    std::map<int, int> by_bits;
+    for (auto& m : r.modules) by_bits[m.bits]++;
+    std::string plan;
+    for (auto& [b, n] : by_bits) plan += fmt::format("{}{} x {}-bit", plan.empty() ? "" : ", ", n, b);
+    std::printf("  format           : HXQ v2, %s, scale per %d weights%s\n",
+                r.bpw_target > 0 ? fmt::format("mixed plan for {:g} bits/weight", r.bpw_target).c_str()
+                                 : fmt::format("{}-bit codebooks", r.bits).c_str(),
+                r.group, r.shared_codebook_bytes ? ", small tensors share a codebook" : "");
+    std::printf("  plan             : %s\n", plan.c_str());
+  }
   std::printf("  codec            : codebook %s, sidecar %s%s\n", r.codebook.c_str(), r.sidecar.c_str(),
               r.sidecar == "error" ? fmt::format(" (fraction {:g})", r.sidecar_fraction).c_str() : "");
   std::printf("  modules          : %zu compressed, %lld exact tensors, %lld keys\n", r.modules.size(),
@@ -43,7 +55,8 @@ void print_receipt(const CompressReceipt& r) {
               human_bytes(double(r.output_bytes)).c_str(), r.ratio());
   std::printf("  sidecar          : %lld exact values (%.4f %% of compressed weights)\n", (long long)r.sidecar_entries(),
               r.compressed_weights ? 100.0 * double(r.sidecar_entries()) / double(r.compressed_weights) : 0.0);
-  std::printf("  bits/weight      : %.4f (compressed tensors: codebook + indices + sidecar)\n", r.bits_per_weight());
+  std::printf("  bits/weight      : %.4f (compressed tensors: %s)\n", r.bits_per_weight(),
+              r.format == "v2" ? "indices + scales + codebooks + sidecar" : "codebook + indices + sidecar");
   auto db = [](const json& v) { return v.is_number() ? fmt::format("{:.2f}", v.get<double>()) : v.dump(); };
   std::printf("  SQNR             : min %s dB, median %s dB; max |error| %.3g\n", db(j["sqnr_db_min"]).c_str(),
               db(j["sqnr_db_median"]).c_str(), j["max_abs_err"].get<double>());
@@ -54,8 +67,9 @@ void print_receipt(const CompressReceipt& r) {
 
 void add_compress(CLI::App& app) {
   struct Opts {
-    std::string in, out, codebook = "optimal", sidecar = "error", precision = "f32";
-    double fraction = kDefaultSidecarFraction, shard_gb = 4.0;
+    std::string in, out, codebook = "optimal", sidecar = "error", precision = "f32", format = "v2";
+    double fraction = kDefaultSidecarFraction, shard_gb = 4.0, bpw = 0;
+    int bits = 8, group = 32;
     bool embeddings = false, overwrite = false, json = false, no_fsync = false;
     std::vector<std::string> only, skip;
     int threads = 0;
@@ -64,14 +78,29 @@ void add_compress(CLI::App& app) {
   auto* sub = app.add_subcommand("compress", "Compress a checkpoint's linear layers to HXQ (calibration-free)");
   sub->add_option("input", o->in, "Input model directory (Hugging Face: config.json + safetensors)")->required();
   sub->add_option("output", o->out, "Output directory (written atomically)")->required();
-  sub->add_option("--codebook", o->codebook, "optimal (exact 1-D k-means, default) or lloyd (helix-substrate's)")
+  sub->add_option("--format", o->format,
+                  "v2 (default: group-scaled codebooks, --bits 8|6|5|4, docs/FORMAT.md) or helix (helix-substrate's "
+                  "format, exactly what hxq 0.1 wrote)")
+      ->check(CLI::IsMember({"v2", "helix"}));
+  auto* bits_opt = sub->add_option("--bits", o->bits, "v2: bits per weight index, 8 (default), 6, 5 or 4")
+                       ->check(CLI::IsMember({4, 5, 6, 8}));
+  auto* group_opt = sub->add_option("--group", o->group, "v2: weights per scale, 32 (default) or 16 (+0.19 bits/weight, lower error)")
+                        ->check(CLI::IsMember({16, 32}));
+  auto* bpw_opt = sub->add_option("--bpw", o->bpw,
+                                  "v2: mixed precision: spend this many bits per weight in total, each tensor at 4/5/6/8 bits by a "
+                                  "data-free error estimate (instead of --bits)")
+                      ->check(CLI::Range(4.0, 9.0));
+  bpw_opt->excludes(bits_opt);
+  auto* cb_opt = sub->add_option("--codebook", o->codebook, "helix: optimal (exact 1-D k-means, default) or lloyd (helix-substrate's)")
       ->check(CLI::IsMember({"optimal", "lloyd"}));
-  sub->add_option("--codebook-precision", o->precision,
+  auto* prec_opt = sub->add_option("--codebook-precision", o->precision,
                   "f32 (default) or bf16: round the codebook to BF16 values and re-assign indices (faster decode kernels)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  sub->add_option("--sidecar", o->sidecar, "error (largest reconstruction errors, default), magnitude (helix-substrate's) or none")
+  auto* sc_opt = sub->add_option("--sidecar", o->sidecar, "helix: error (largest reconstruction errors, default), magnitude (helix-substrate's) or none")
       ->check(CLI::IsMember({"error", "magnitude", "none"}));
-  sub->add_option("--sidecar-fraction", o->fraction, "Error sidecar budget as a fraction of each tensor's weights (default 0.001; capped at 8.1 bits/weight)")
+  auto* frac_opt = sub->add_option("--sidecar-fraction", o->fraction,
+                  "Error sidecar budget as a fraction of each tensor's weights (helix: default 0.001, capped at 8.1 "
+                  "bits/weight; v2: default none)")
       ->check(CLI::Range(0.0, 0.05));
   sub->add_flag("--embeddings", o->embeddings, "Also compress the token embedding (and an untied lm_head)");
   sub->add_option("--only", o->only, "Compress only modules matching these globs (e.g. '*.in_proj')");
@@ -81,9 +110,22 @@ void add_compress(CLI::App& app) {
   sub->add_flag("--no-fsync", o->no_fsync, "Skip fsync of the output (faster; less safe on power loss)");
   sub->add_flag("--json", o->json, "Print the receipt as JSON");
   add_threads_option(sub, o->threads);
-  sub->callback([o] {
+  sub->callback([o, bits_opt, group_opt, bpw_opt, cb_opt, prec_opt, sc_opt, frac_opt] {
     apply_threads(o->threads);
     CompressOptions co;
+    const bool v2 = o->format == "v2";
+    if (v2) {
+      for (auto* opt : {cb_opt, prec_opt, sc_opt})
+        if (opt->count()) usage_fail("{} applies to --format helix only", opt->get_name());
+    } else {
+      for (auto* opt : {bits_opt, group_opt, bpw_opt})
+        if (opt->count()) usage_fail("{} applies to --format v2 only", opt->get_name());
+    }
+    co.format = v2 ? CompressFormat::V2 : CompressFormat::Helix;
+    co.bits = o->bits;
+    co.group = o->group;
+    co.bpw = o->bpw;
+    co.v2_sidecar_fraction = frac_opt->count() ? o->fraction : 0.0;
     co.encode.codebook = o->codebook == "lloyd" ? CodebookMethod::Lloyd : CodebookMethod::Optimal;
     co.encode.sidecar = o->sidecar == "magnitude" ? SidecarMethod::Magnitude
                         : o->sidecar == "none"    ? SidecarMethod::None
@@ -153,18 +195,32 @@ void add_inspect(CLI::App& app) {
       e.second += t.nbytes;
     }
     int64_t hxq_weights = 0, sidecar = 0;
+    std::map<int, int64_t> by_bits;  // v2 modules by bit width
     uint64_t hxq_bytes = 0;
     std::set<std::string> hxq_tensors;
     if (q)
       for (auto& m : q->compressed_modules) {
-        auto w = HxqWeight::load(store, m);
-        hxq_weights += w->rows() * w->cols();
-        sidecar += w->sidecar_count();
-        for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values"})
+        if (is_hxq2_module(store, m)) {
+          auto w = Hxq2Weight::load(store, m);
+          hxq_weights += w->rows() * w->cols();
+          sidecar += w->sidecar_count();
+          by_bits[w->bits()]++;
+        } else {
+          auto w = HxqWeight::load(store, m);
+          hxq_weights += w->rows() * w->cols();
+          sidecar += w->sidecar_count();
+        }
+        for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values", ".qparams",
+                         ".packed_indices", ".scales", ".scale_params"})
           if (auto* t = store.find(m + suf)) {
             hxq_bytes += t->nbytes;
             hxq_tensors.insert(m + suf);
           }
+      }
+    for (int b : {4, 5, 6, 8})
+      if (auto* t = store.find(hxq2_shared_codebook_name(b))) {
+        hxq_bytes += t->nbytes;
+        hxq_tensors.insert(t->name);
       }
     for (auto& n : store.names())
       if (!hxq_tensors.count(n)) {
@@ -174,7 +230,7 @@ void add_inspect(CLI::App& app) {
     std::string type = cfg.contains("model_type") && cfg["model_type"].is_string() ? cfg["model_type"].get<std::string>() : "?";
     json j{{"dir", o->dir},
            {"model_type", type},
-           {"format", q ? "hxq" : "dense"},
+           {"format", q ? (q->quant_method == kHxq2QuantMethod ? "hxq_v2" : "hxq") : "dense"},
            {"files", store.files().size()},
            {"total_keys", store.names().size()},
            {"file_bytes", store.total_bytes()},
@@ -185,6 +241,11 @@ void add_inspect(CLI::App& app) {
            {"hxq_bits_per_weight", hxq_weights ? 8.0 * double(hxq_bytes) / double(hxq_weights) : 0.0},
            {"sidecar_entries", sidecar}};
     if (q) j["quant_method"] = q->quant_method;
+    if (!by_bits.empty()) {
+      json bb = json::object();
+      for (auto& [b, n] : by_bits) bb[std::to_string(b)] = n;
+      j["modules_by_bits"] = bb;
+    }
     json dt = json::object();
     for (auto& [k, v] : by_dtype) dt[k] = {{"tensors", v.first}, {"bytes", v.second}};
     j["dtypes"] = dt;
@@ -203,6 +264,11 @@ void add_inspect(CLI::App& app) {
       std::printf("  HXQ modules      : %zu, %.3fM weights in %s (%.4f bits/weight), %lld sidecar entries\n",
                   q->compressed_modules.size(), double(hxq_weights) / 1e6, human_bytes(double(hxq_bytes)).c_str(),
                   hxq_weights ? 8.0 * double(hxq_bytes) / double(hxq_weights) : 0.0, (long long)sidecar);
+    if (!by_bits.empty()) {
+      std::string s;
+      for (auto& [b, n] : by_bits) s += fmt::format("{}{} x {}-bit", s.empty() ? "" : ", ", n, b);
+      std::printf("  v2 bit widths    : %s\n", s.c_str());
+    }
   });
 }
 

@@ -4,14 +4,18 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <set>
 
+#include "codec/hxq2_codec.h"
+#include "codec/hxq2_weight.h"
 #include "codec/hxq_config.h"
 #include "codec/hxq_weight.h"
 #include "core/error.h"
 #include "core/output.h"
 #include "io/checkpoint_writer.h"
 #include "io/safetensors.h"
+#include "kernels/linear.h"
 #include "models/model.h"
 
 namespace hxq {
@@ -53,6 +57,87 @@ bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType
 
 void copy_side_files(const std::string& in_dir, const std::string& out_tmp);
 
+std::vector<float> as_f32(const TensorInfo& t) {
+  std::vector<float> v(size_t(t.numel()));
+  to_f32(t.dtype, t.data, v.data(), v.size());
+  return v;
+}
+
+// V2: a tensor gets its own codebook when that costs at most 1/32 bit per weight (F32 entries);
+// smaller tensors share one codebook per bit width, fitted on all of them together.
+bool v2_own_codebook(int64_t numel, int bits) { return numel >= (int64_t(1024) << bits); }
+
+// The tensor suffixes of a compressed module in either format.
+const std::vector<std::string>& module_suffixes() {
+  static const std::vector<std::string> s{".codebook", ".indices", ".sidecar_positions", ".sidecar_values",
+                                          ".qparams", ".packed_indices", ".scales", ".scale_params"};
+  return s;
+}
+
+
+// Mixed precision without data (--bpw): every tensor is encoded at 4, 5, 6 and 8 bits; its cost at
+// b bits is the relative squared error SSE_b / Σw² (to first order the relative perturbation of
+// the layer's output for inputs with no preferred direction, which is what the loss sees), its
+// size the bytes it stores. From 4 bits everywhere, the upgrade (to any higher width) with the
+// largest cost reduction per added byte is taken while the total stays within the budget of
+// bpw · weights / 8 bytes. Deterministic: ties go to the first tensor in name order.
+std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<std::string>& chosen,
+                                     const CompressOptions& opt) {
+  static constexpr int kWidths[4] = {4, 5, 6, 8};
+  struct Opt {
+    double err[4];
+    double bytes[4];
+  };
+  std::vector<std::string> names(chosen.begin(), chosen.end());
+  std::vector<Opt> opts(names.size());
+  double weights = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    check_interrupted();
+    const auto& t = store.get(names[i]);
+    weights += double(t.numel());
+    const auto wf = as_f32(t);
+    double sig = 0;
+    for (float x : wf) sig += double(x) * double(x);
+    for (int j = 0; j < 4; ++j) {
+      Encode2Options e;
+      e.bits = kWidths[j];
+      e.group = opt.group;
+      const Hxq2Tensor h = encode2(wf.data(), t.shape[0], t.shape[1], e);
+      const auto st = encode_stats(wf.data(), DType::F32, h);
+      opts[i].err[j] = sig > 0 ? st.mse * double(t.numel()) / sig : 0.0;
+      // Own codebook counted as stored, a shared one as free (it is amortised over many tensors).
+      opts[i].bytes[j] = double(h.stored_bytes()) - (v2_own_codebook(t.numel(), e.bits) ? 0.0 : 4.0 * double(1 << e.bits));
+    }
+  }
+  std::vector<int> level(names.size(), 0);
+  double total = 0;
+  for (auto& o : opts) total += o.bytes[0];
+  const double budget = opt.bpw * weights / 8.0;
+  if (total > budget)
+    fail("compress: --bpw {} is below the smallest plan (4 bits everywhere: {:.4f} bits/weight)", opt.bpw,
+         8.0 * total / weights);
+  for (;;) {
+    int bi = -1, bj = -1;
+    double best = 0;
+    for (size_t i = 0; i < names.size(); ++i)
+      for (int j = level[i] + 1; j < 4; ++j) {
+        const double db = opts[i].bytes[j] - opts[i].bytes[level[i]], de = opts[i].err[level[i]] - opts[i].err[j];
+        if (db <= 0 || total + db > budget || de <= 0) continue;
+        if (de / db > best) {
+          best = de / db;
+          bi = int(i);
+          bj = j;
+        }
+      }
+    if (bi < 0) break;
+    total += opts[size_t(bi)].bytes[bj] - opts[size_t(bi)].bytes[level[size_t(bi)]];
+    level[size_t(bi)] = bj;
+  }
+  std::map<std::string, int> plan;
+  for (size_t i = 0; i < names.size(); ++i) plan[names[i]] = kWidths[level[i]];
+  return plan;
+}
+
 }  // namespace
 
 bool is_default_linear(const std::string& name, const std::vector<int64_t>& shape, bool embeddings) {
@@ -72,13 +157,14 @@ json CompressReceipt::to_json() const {
   std::sort(sq.begin(), sq.end());
   json mods = json::array();
   for (auto& m : modules)
-    mods.push_back({{"module", m.module}, {"shape", {m.rows, m.cols}}, {"source_dtype", m.source_dtype},
+    mods.push_back({{"module", m.module}, {"shape", {m.rows, m.cols}}, {"bits", m.bits}, {"source_dtype", m.source_dtype},
                     {"sidecar", m.sidecar}, {"bits_per_weight", m.bits_per_weight},
                     {"sqnr_db", std::isfinite(m.sqnr_db) ? json(m.sqnr_db) : json("inf")},
                     {"max_abs_err", m.max_abs_err}, {"seconds", m.seconds}});
   auto finite_or = [](double v) { return std::isfinite(v) ? json(v) : json("inf"); };
-  return {{"input", input},
+  json j = {{"input", input},
           {"output", output},
+          {"format", format},
           {"codebook", codebook},
           {"sidecar", sidecar},
           {"sidecar_fraction", sidecar_fraction},
@@ -96,6 +182,18 @@ json CompressReceipt::to_json() const {
           {"seconds", seconds},
           {"mb_per_s", mb_per_s()},
           {"modules", mods}};
+  if (format == "v2") {
+    j["bits"] = bits ? json(bits) : json(nullptr);
+    j["group"] = group;
+    j["bpw_target"] = bpw_target > 0 ? json(bpw_target) : json(nullptr);
+    j["shared_codebook_bytes"] = shared_codebook_bytes;
+    std::map<int, int64_t> hist;
+    for (auto& m : modules) hist[m.bits]++;
+    json plan = json::object();
+    for (auto& [b, n] : hist) plan[std::to_string(b)] = n;
+    j["modules_by_bits"] = plan;
+  }
+  return j;
 }
 
 CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string& out_dir, const CompressOptions& opt,
@@ -137,12 +235,59 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
   }
   if (chosen.empty()) fail("{}: no tensor selected for compression (check --only / --skip)", in_dir);
 
+  const bool v2 = opt.format == CompressFormat::V2;
+  std::map<std::string, int> bits_of;  // tensor name -> v2 bit width
+  std::map<int, std::vector<float>> shared;  // v2 shared codebooks by bit width
+  if (v2) {
+    if (!hxq2_bits_supported(opt.bits)) fail("compress: unsupported bit width {} (supported: 4, 5, 6, 8)", opt.bits);
+    if (!hxq2_group_supported(opt.group)) fail("compress: unsupported group size {} (supported: 16, 32)", opt.group);
+    if (opt.v2_sidecar_fraction < 0 || opt.v2_sidecar_fraction > 0.05)
+      fail("compress: sidecar fraction {} outside [0, 0.05]", opt.v2_sidecar_fraction);
+    rc.format = "v2";
+    rc.bits = opt.bpw > 0 ? 0 : opt.bits;
+    rc.group = opt.group;
+    rc.bpw_target = opt.bpw;
+    rc.codebook = "optimal, group-scaled";
+    rc.sidecar = opt.v2_sidecar_fraction > 0 ? "error" : "none";
+    rc.sidecar_fraction = opt.v2_sidecar_fraction;
+    if (opt.bpw > 0) bits_of = plan_bits(store, chosen, opt);
+    else
+      for (auto& n : chosen) bits_of[n] = opt.bits;
+    // Shared codebooks in two rounds, as encode2 fits its own: on the initial scales, then on the
+    // scales chosen for the first fit.
+    for (int round = 0; round < 2; ++round) {
+      std::map<int, Hxq2Histogram> hist;
+      for (auto& n : chosen) {
+        check_interrupted();
+        const auto& t = store.get(n);
+        const int b = bits_of[n];
+        if (v2_own_codebook(t.numel(), b)) continue;
+        const auto wf = as_f32(t);
+        if (round == 0) {
+          const auto s = hxq2_initial_scales(wf.data(), t.shape[0], t.shape[1], opt.group);
+          hist[b].add(hxq2_histogram(wf.data(), t.shape[0], t.shape[1], opt.group, s));
+        } else {
+          hist[b].add(hxq2_searched_histogram(wf.data(), t.shape[0], t.shape[1], opt.group, shared.at(b)));
+        }
+      }
+      for (auto& [b, h] : hist) shared[b] = hxq2_fit_codebook(h, b);
+    }
+  }
+
   size_t name_bytes = 0;
   for (auto& n : names) name_bytes += n.size() + 24;
   CheckpointWriterOptions wo;
   wo.fsync = opt.fsync;
-  wo.header_reserve = SafetensorsWriter::header_estimate(names.size() + 3 * chosen.size(), name_bytes);
+  // (The helix estimate is unchanged since hxq 0.1, so --format helix output stays byte-identical.)
+  wo.header_reserve = v2 ? SafetensorsWriter::header_estimate(names.size() + 6 * chosen.size() + 8, name_bytes * 2)
+                         : SafetensorsWriter::header_estimate(names.size() + 3 * chosen.size(), name_bytes);
   CheckpointWriter w(out.path(), opt.max_shard_bytes, wo);
+  for (auto& [b, cb] : shared) {
+    w.add(hxq2_shared_codebook_name(b), DType::F32, {int64_t(cb.size())}, cb.data(), cb.size() * 4);
+    rc.total_keys++;
+    rc.shared_codebook_bytes += cb.size() * 4;
+    rc.compressed_bytes += cb.size() * 4;
+  }
   uint64_t work_done = 0;
   std::vector<std::string> modules;
   for (auto& n : names) {
@@ -161,6 +306,52 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     EncodeOptions eo = opt.encode;
     eo.module = m;
     const int64_t rows = t.shape[0], cols = t.shape[1], numel = rows * cols;
+    if (v2) {
+      Encode2Options e2;
+      e2.bits = bits_of[n];
+      e2.group = opt.group;
+      e2.sidecar_fraction = opt.v2_sidecar_fraction;
+      if (!v2_own_codebook(numel, e2.bits)) e2.codebook = &shared.at(e2.bits);
+      const Hxq2Tensor h = encode2(t.data, t.dtype, rows, cols, e2);
+      const auto st = encode_stats(t.data, t.dtype, h);
+      const int32_t qp[2] = {h.bits | h.group << 8 | 2 << 16, int32_t(cols)};
+      const float sp[2] = {h.scale_max, h.scale_step};
+      w.add(m + ".qparams", DType::I32, {2}, qp, sizeof qp);
+      w.add(m + ".packed_indices", DType::U8, {rows, hxq2_row_bytes(cols, h.bits)}, h.indices.data(), h.indices.size());
+      w.add(m + ".scales", DType::U8, {int64_t(h.scales.size())}, h.scales.data(), h.scales.size());
+      w.add(m + ".scale_params", DType::F32, {2}, sp, sizeof sp);
+      rc.total_keys += 4;
+      if (!h.shared_codebook) {
+        w.add(m + ".codebook", DType::F32, {int64_t(h.codebook.size())}, h.codebook.data(), h.codebook.size() * 4);
+        rc.total_keys++;
+      }
+      if (!h.sidecar_pos.empty()) {
+        w.add(m + ".sidecar_positions", DType::I64, {int64_t(h.sidecar_pos.size())}, h.sidecar_pos.data(),
+              h.sidecar_pos.size() * 8);
+        w.add(m + ".sidecar_values", DType::F32, {int64_t(h.sidecar_val.size())}, h.sidecar_val.data(),
+              h.sidecar_val.size() * 4);
+        rc.total_keys += 2;
+      }
+      const uint64_t bytes = h.stored_bytes();
+      TensorReceipt tr;
+      tr.module = m;
+      tr.bits = h.bits;
+      tr.rows = rows;
+      tr.cols = cols;
+      tr.source_dtype = std::string(dtype_name(t.dtype));
+      tr.sidecar = int64_t(h.sidecar_pos.size());
+      tr.bits_per_weight = 8.0 * double(bytes) / double(numel);
+      tr.sqnr_db = st.sqnr_db;
+      tr.max_abs_err = st.max_abs_err;
+      tr.mse = st.mse;
+      tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+      rc.modules.push_back(tr);
+      rc.compressed_weights += uint64_t(numel);
+      rc.compressed_bytes += bytes;
+      modules.push_back(m);
+      work_done += t.nbytes;
+      continue;
+    }
     if (eo.sidecar == SidecarMethod::Error) {
       // Cap the sidecar so that the tensor stays within kMaxBitsPerWeight: 8 bits per index,
       // 256 × 32 bits of codebook, 64 + 32 bits per sidecar entry (position + value).
@@ -199,7 +390,24 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
   if (progress) progress(work_total, work_total, "");
 
   // config.json with the quantization_config helix-substrate reads, plus our own fields.
-  json q = {{"quant_method", "hxq"},
+  json q;
+  if (v2) {
+    json bits_map = json::object();
+    for (auto& [n, b] : bits_of) bits_map[n.substr(0, n.size() - 7)] = b;
+    q = {{"quant_method", kHxq2QuantMethod},
+         {"hxq_version", 2},
+         {"codebook_size", 1 << (opt.bpw > 0 ? 8 : opt.bits)},
+         {"sidecar_enabled", opt.v2_sidecar_fraction > 0},
+         {"compressed_modules", modules},
+         {"exact_patterns", {"embed_tokens", "embeddings", "embedding", "lm_head", "norm", "conv1d", "A_log", "D",
+                             "dt_bias", "bias"}},
+         {"hxq_encoder", "hxq 0.2.0"},
+         {"hxq_bits", opt.bpw > 0 ? json(nullptr) : json(opt.bits)},
+         {"hxq_bpw_target", opt.bpw > 0 ? json(opt.bpw) : json(nullptr)},
+         {"hxq_group_size", opt.group},
+         {"hxq_module_bits", bits_map},
+         {"hxq_sidecar_fraction", opt.v2_sidecar_fraction}};
+  } else q = {{"quant_method", "hxq"},
             {"codebook_size", 256},
             {"sidecar_enabled", opt.encode.sidecar != SidecarMethod::None},
             {"compressed_modules", modules},
@@ -211,7 +419,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
             {"hxq_sidecar", rc.sidecar},
             {"hxq_sidecar_fraction", rc.sidecar_fraction}};
   // Only written for BF16 codebooks: default-precision outputs stay as they were.
-  if (opt.encode.codebook_precision == CodebookPrecision::Bf16) q["hxq_codebook_precision"] = "bf16";
+  if (!v2 && opt.encode.codebook_precision == CodebookPrecision::Bf16) q["hxq_codebook_precision"] = "bf16";
   cfg["quantization_config"] = q;
   write_file_checked(out.file("config.json"), cfg.dump(2) + "\n");
   copy_side_files(in_dir, out.path());
@@ -249,18 +457,19 @@ void decompress_checkpoint(const std::string& in_dir, const std::string& out_dir
   AtomicOutputDir out(out_dir, overwrite, {in_dir});
   std::set<std::string> module_tensors;
   for (auto& m : q->compressed_modules)
-    for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values"}) module_tensors.insert(m + suf);
+    for (auto& suf : module_suffixes()) module_tensors.insert(m + suf);
+  for (int b : {4, 5, 6, 8}) module_tensors.insert(hxq2_shared_codebook_name(b));
   CheckpointWriter w(out.path(), 0);
   for (auto& n : store.names()) {
     check_interrupted();
     if (!module_tensors.count(n)) w.add(store.get(n));
   }
   for (auto& m : q->compressed_modules) {
-    auto hw = HxqWeight::load(store, m);
-    w.begin_tensor(m + ".weight", DType::F32, {hw->rows(), hw->cols()});
-    std::vector<float> row(static_cast<size_t>(hw->cols()));
-    for (int64_t r = 0; r < hw->rows(); ++r) {
-      hw->row(r, row.data());
+    const Linear l = Linear::hxq(store, m);
+    w.begin_tensor(m + ".weight", DType::F32, {l.out_features(), l.in_features()});
+    std::vector<float> row(static_cast<size_t>(l.in_features()));
+    for (int64_t r = 0; r < l.out_features(); ++r) {
+      l.row(r, row.data());
       w.write(row.data(), row.size() * 4);
     }
     w.end_tensor();

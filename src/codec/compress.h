@@ -16,8 +16,20 @@ namespace hxq {
 inline constexpr double kDefaultSidecarFraction = 0.001;
 inline constexpr double kMaxBitsPerWeight = 8.1;
 
+// Output format: helix-substrate's "hxq" (one 256-entry codebook per tensor, u8 indices; bit for bit
+// what earlier releases wrote) or HXQ v2 (docs/FORMAT.md: group-scaled codebooks at 4-8 bits).
+enum class CompressFormat { Helix, V2 };
+
 struct CompressOptions {
-  EncodeOptions encode;                  // codebook / sidecar method and fraction
+  CompressFormat format = CompressFormat::Helix;  // library default; `hxq compress` defaults to V2
+  // V2: bit width of every compressed tensor (4, 5, 6, 8), scale group size (16, 32), and the
+  // error sidecar fraction (0: none). bpw > 0: a mixed-precision plan instead of one bit width,
+  // spending a total budget of bpw bits per compressed weight (see plan_bits in compress.cpp).
+  int bits = 8;
+  int group = 32;
+  double v2_sidecar_fraction = 0;
+  double bpw = 0;
+  EncodeOptions encode;                  // helix: codebook / sidecar method and fraction
   bool embeddings = false;               // also the token embedding (and an untied lm_head)
   std::vector<std::string> only, skip;   // glob patterns on module names (tensor name minus .weight)
   uint64_t max_shard_bytes = 4'000'000'000ull;  // output shards above this size
@@ -27,6 +39,7 @@ struct CompressOptions {
 
 struct TensorReceipt {
   std::string module;
+  int bits = 8;  // index bits (8 for helix)
   int64_t rows = 0, cols = 0;
   std::string source_dtype;
   int64_t sidecar = 0;
@@ -34,6 +47,10 @@ struct TensorReceipt {
 };
 
 struct CompressReceipt {
+  std::string format = "helix";  // "helix" or "v2"
+  int bits = 8, group = 0;       // v2: the requested bit width (0 with a bpw plan) and group size
+  double bpw_target = 0;         // v2 with a plan
+  uint64_t shared_codebook_bytes = 0;
   std::string input, output, codebook, sidecar;
   double sidecar_fraction = 0;
   std::vector<TensorReceipt> modules;  // compressed modules, in file order

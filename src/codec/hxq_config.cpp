@@ -43,9 +43,10 @@ std::optional<HxqQuantConfig> parse_hxq_config(const json& config, const std::st
   if (!q.contains("quant_method") || !q["quant_method"].is_string())
     fail("{}: quantization_config: missing or non-string \"quant_method\"", what);
   c.quant_method = q["quant_method"].get<std::string>();
-  if (c.quant_method != "hxq" && c.quant_method != "helix" && c.quant_method != "cdna_v3")
-    fail("{}: quantization_config: unsupported quant_method '{}' (supported: hxq, helix, cdna_v3)", what,
-         c.quant_method);
+  if (c.quant_method != "hxq" && c.quant_method != "helix" && c.quant_method != "cdna_v3" &&
+      c.quant_method != kHxq2QuantMethod)
+    fail("{}: quantization_config: unsupported quant_method '{}' (supported: hxq, helix, cdna_v3, {})", what,
+         c.quant_method, kHxq2QuantMethod);
   if (q.contains("codebook_size")) c.codebook_size = codebook_size(q["codebook_size"], what, "codebook_size");
   else if (q.contains("n_clusters")) c.codebook_size = codebook_size(q["n_clusters"], what, "n_clusters");
   if (q.contains("sidecar_enabled")) {
@@ -76,7 +77,11 @@ std::optional<HxqQuantConfig> read_hxq_config(const std::string& path) {
 
 void check_hxq_modules(const HxqQuantConfig& cfg, const TensorStore& store, const std::string& what) {
   for (const auto& m : cfg.compressed_modules) {
-    if (!store.contains(m + ".codebook") || !store.contains(m + ".indices"))
+    if (cfg.quant_method == kHxq2QuantMethod) {
+      for (const char* sfx : {".qparams", ".packed_indices", ".scales", ".scale_params"})
+        if (!store.contains(m + sfx))
+          fail("{}: compressed module '{}' has no '{}{}' tensor in {}", what, m, m, sfx, store.location());
+    } else if (!store.contains(m + ".codebook") || !store.contains(m + ".indices"))
       fail("{}: compressed module '{}' has no '{}.codebook' / '{}.indices' tensors in {}", what, m, m, m,
            store.location());
     if (store.contains(m + ".weight"))

@@ -13,8 +13,12 @@ namespace hxq {
 
 class TensorStore;
 
+// quant_method of HXQ v2 checkpoints (docs/FORMAT.md): a value helix-substrate's loader rejects,
+// so it never mis-reads v2 tensors as its own format.
+inline constexpr const char* kHxq2QuantMethod = "hxq_v2";
+
 struct HxqQuantConfig {
-  std::string quant_method;                      // "hxq", "helix" or "cdna_v3"
+  std::string quant_method;                      // "hxq", "helix", "cdna_v3" or "hxq_v2"
   int codebook_size = 256;                       // "codebook_size" or "n_clusters"
   bool sidecar_enabled = true;
   std::vector<std::string> compressed_modules;   // module paths (tensor name minus ".weight")

@@ -26,7 +26,8 @@ std::vector<float> read_floats(const TensorInfo& t) {
 }  // namespace
 
 bool is_hxq_module(const TensorStore& store, const std::string& module) {
-  return store.contains(module + ".codebook") && store.contains(module + ".indices");
+  return (store.contains(module + ".codebook") && store.contains(module + ".indices")) ||
+         store.contains(module + ".qparams");
 }
 
 std::shared_ptr<const HxqWeight> HxqWeight::load(const TensorStore& store, const std::string& module, int64_t out,

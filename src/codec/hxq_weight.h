@@ -63,7 +63,8 @@ class HxqWeight {
   std::vector<float> sc_delta_, sc_value_;
 };
 
-// True when the store holds module M in HXQ form (M.codebook and M.indices).
+// True when the store holds module M in HXQ form: M.codebook and M.indices, or v2's M.qparams
+// (codec/hxq2_weight.h; Linear::hxq reads either).
 bool is_hxq_module(const TensorStore& store, const std::string& module);
 
 }  // namespace hxq

@@ -1,5 +1,6 @@
 #include "kernels/linear.h"
 
+#include "codec/hxq2_weight.h"
 #include "codec/hxq_weight.h"
 #include "core/error.h"
 #include "core/threadpool.h"
@@ -30,18 +31,45 @@ Linear Linear::dense(const TensorInfo& w, const TensorInfo* bias) {
   return l;
 }
 
-Linear Linear::hxq(const TensorStore& store, const std::string& module, int64_t out, int64_t in) {
-  auto w = HxqWeight::load(store, module, out, in);
+namespace {
+
+std::vector<float> load_bias(const TensorStore& store, const std::string& module, int64_t rows) {
   std::vector<float> bias;
   if (const TensorInfo* b = store.find(module + ".bias")) {
-    if (b->shape.size() != 1 || b->numel() != w->rows())
-      fail("{}: tensor '{}': bias shape {} does not match {} outputs", b->file, b->name, b->shape_str(), w->rows());
+    if (b->shape.size() != 1 || b->numel() != rows)
+      fail("{}: tensor '{}': bias shape {} does not match {} outputs", b->file, b->name, b->shape_str(), rows);
     if (b->dtype != DType::F32 && b->dtype != DType::F16 && b->dtype != DType::BF16)
       fail("{}: tensor '{}': unsupported bias dtype {}", b->file, b->name, dtype_name(b->dtype));
-    bias.resize(size_t(w->rows()));
+    bias.resize(size_t(rows));
     to_f32(b->dtype, b->data, bias.data(), bias.size());
   }
-  return hxq(std::move(w), std::move(bias));
+  return bias;
+}
+
+}  // namespace
+
+Linear Linear::hxq(const TensorStore& store, const std::string& module, int64_t out, int64_t in) {
+  if (is_hxq2_module(store, module)) {
+    auto w2 = Hxq2Weight::load(store, module, out, in);
+    auto bias = load_bias(store, module, w2->rows());
+    return hxq(std::move(w2), std::move(bias));
+  }
+  auto w = HxqWeight::load(store, module, out, in);
+  return hxq(w, load_bias(store, module, w->rows()));
+}
+
+Linear Linear::hxq(std::shared_ptr<const Hxq2Weight> w, std::vector<float> bias) {
+  if (!w) fail("Linear::hxq: null weight");
+  if (!bias.empty() && int64_t(bias.size()) != w->rows())
+    fail("Linear::hxq: bias has {} entries for {} outputs", bias.size(), w->rows());
+  Linear l;
+  l.kind_ = Kind::Hxq2;
+  l.out_ = w->rows();
+  l.in_ = w->cols();
+  l.dtype_ = DType::F32;
+  l.bias_ = std::move(bias);
+  l.hxq2_ = std::move(w);
+  return l;
 }
 
 Linear Linear::hxq(std::shared_ptr<const HxqWeight> w, std::vector<float> bias) {
@@ -61,6 +89,7 @@ Linear Linear::hxq(std::shared_ptr<const HxqWeight> w, std::vector<float> bias) 
 
 void Linear::forward(const float* X, int64_t T, float* Y) const {
   if (kind_ == Kind::Hxq) hxq_->forward(X, T, Y);
+  else if (kind_ == Kind::Hxq2) hxq2_->forward(X, T, Y);
   else gemm_dense(X, T, in_, data_, dtype_, out_, Y);
   if (!bias_.empty())
     for (int64_t t = 0; t < T; ++t)
@@ -70,11 +99,13 @@ void Linear::forward(const float* X, int64_t T, float* Y) const {
 void Linear::row(int64_t r, float* out) const {
   if (r < 0 || r >= out_) fail("row {} out of range [0, {})", r, out_);
   if (kind_ == Kind::Hxq) return hxq_->row(r, out);
+  if (kind_ == Kind::Hxq2) return hxq2_->row(r, out);
   to_f32(dtype_, static_cast<const char*>(data_) + size_t(r * in_) * dtype_size(dtype_), out, size_t(in_));
 }
 
 size_t Linear::weight_bytes() const {
   if (kind_ == Kind::Hxq) return hxq_->bytes();
+  if (kind_ == Kind::Hxq2) return hxq2_->bytes();
   return size_t(in_ * out_) * dtype_size(dtype_);
 }
 

@@ -13,10 +13,11 @@ namespace hxq {
 struct TensorInfo;
 class TensorStore;
 class HxqWeight;
+class Hxq2Weight;
 
 class Linear {
  public:
-  enum class Kind { Dense, Hxq };
+  enum class Kind { Dense, Hxq, Hxq2 };
 
   Linear() = default;
   // Dense weight [out, in] (F32, F16 or BF16), optional bias [out] (any float dtype).
@@ -26,15 +27,19 @@ class Linear {
   // expected shape (-1: take it from the indices; required for 12-bit packed indices).
   // U8 indices stay a view into the file mapping. Throws Error naming the file and tensor.
   static Linear hxq(const TensorStore& store, const std::string& module, int64_t out = -1, int64_t in = -1);
+  // HXQ v2 modules (M.qparams present; docs/FORMAT.md) are read the same way.
   // From an already-loaded HXQ weight (e.g. codec's encode() output via HxqWeight::from_tensor).
   static Linear hxq(std::shared_ptr<const HxqWeight> w, std::vector<float> bias = {});
+  static Linear hxq(std::shared_ptr<const Hxq2Weight> w, std::vector<float> bias = {});
 
   Kind kind() const { return kind_; }
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
   DType dtype() const { return dtype_; }  // dense storage dtype (F32 for HXQ)
   const void* data() const { return data_; }  // dense storage (nullptr for HXQ)
-  const HxqWeight* hxq_weight() const { return hxq_.get(); }  // nullptr for dense
+  const HxqWeight* hxq_weight() const { return hxq_.get(); }     // nullptr unless Kind::Hxq
+  const Hxq2Weight* hxq2_weight() const { return hxq2_.get(); }  // nullptr unless Kind::Hxq2
+  bool compressed() const { return kind_ != Kind::Dense; }
   bool has_bias() const { return !bias_.empty(); }
 
   // Y[T, out] = X[T, in] · Wᵀ (+ bias). X and Y are row-major float32.
@@ -51,6 +56,7 @@ class Linear {
   const void* data_ = nullptr;
   std::vector<float> bias_;
   std::shared_ptr<const HxqWeight> hxq_;
+  std::shared_ptr<const Hxq2Weight> hxq2_;
 };
 
 }  // namespace hxq

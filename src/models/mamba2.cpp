@@ -159,7 +159,7 @@ class Mamba2Model final : public Model {
     s.weight_bytes = store_.total_bytes();
     auto count = [&](const Linear& l) {
       s.params += l.in_features() * l.out_features();
-      if (l.kind() == Linear::Kind::Hxq) s.hxq_modules++;
+      if (l.compressed()) s.hxq_modules++;
     };
     count(embedding_);
     if (separate_head_) count(lm_head_);

@@ -178,7 +178,7 @@ class TransformerModel final : public Model {
     s.weight_bytes = store_.total_bytes();
     auto count = [&](const Linear& l) {
       s.params += l.in_features() * l.out_features() + (l.has_bias() ? l.out_features() : 0);
-      if (l.kind() == Linear::Kind::Hxq) s.hxq_modules++;
+      if (l.compressed()) s.hxq_modules++;
     };
     count(embedding_);
     if (separate_head_) count(lm_head_);

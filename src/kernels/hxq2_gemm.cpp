@@ -1,0 +1,198 @@
+#include "kernels/hxq2_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "kernels/cpu_features.h"
+#include "kernels/dispatch.h"
+
+namespace hxq {
+
+namespace detail {
+// hxq2_avx2.cpp
+void hxq2_rows_avx2(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy);
+}  // namespace detail
+
+void hxq2_pack_chunk(const uint8_t* idx, int bits, uint8_t* out) {
+  if (bits == 8) {
+    std::memcpy(out, idx, 32);
+    return;
+  }
+  for (int j = 0; j < 16; ++j) out[j] = uint8_t((idx[j] & 15) | (idx[j + 16] & 15) << 4);
+  if (bits == 5) {
+    uint32_t h = 0;
+    for (int j = 0; j < 32; ++j) h |= uint32_t((idx[j] >> 4) & 1) << j;
+    for (int i = 0; i < 4; ++i) out[16 + i] = uint8_t(h >> (8 * i));
+  } else if (bits == 6) {
+    uint64_t h = 0;
+    for (int j = 0; j < 32; ++j) h |= uint64_t((idx[j] >> 4) & 3) << (2 * j);
+    for (int i = 0; i < 8; ++i) out[16 + i] = uint8_t(h >> (8 * i));
+  }
+}
+
+void hxq2_unpack_chunk(const uint8_t* in, int bits, uint8_t* idx) {
+  if (bits == 8) {
+    std::memcpy(idx, in, 32);
+    return;
+  }
+  for (int j = 0; j < 16; ++j) {
+    idx[j] = in[j] & 15;
+    idx[j + 16] = in[j] >> 4;
+  }
+  if (bits == 5) {
+    uint32_t h = 0;
+    for (int i = 0; i < 4; ++i) h |= uint32_t(in[16 + i]) << (8 * i);
+    for (int j = 0; j < 32; ++j) idx[j] |= uint8_t(((h >> j) & 1) << 4);
+  } else if (bits == 6) {
+    uint64_t h = 0;
+    for (int i = 0; i < 8; ++i) h |= uint64_t(in[16 + i]) << (8 * i);
+    for (int j = 0; j < 32; ++j) idx[j] |= uint8_t(((h >> (2 * j)) & 3) << 4);
+  }
+}
+
+void hxq2_pack_tail(const uint8_t* idx, int64_t n, int bits, uint8_t* out) {
+  std::memset(out, 0, size_t((n * bits + 7) / 8));
+  for (int64_t j = 0; j < n; ++j)
+    for (int b = 0; b < bits; ++b)
+      if ((idx[j] >> b) & 1) out[(j * bits + b) >> 3] |= uint8_t(1u << ((j * bits + b) & 7));
+}
+
+void hxq2_unpack_tail(const uint8_t* in, int64_t n, int bits, uint8_t* idx) {
+  std::memset(idx, 0, 32);
+  for (int64_t j = 0; j < n; ++j)
+    for (int b = 0; b < bits; ++b)
+      if ((in[(j * bits + b) >> 3] >> ((j * bits + b) & 7)) & 1) idx[j] |= uint8_t(1u << b);
+}
+
+void hxq2_decode_row(const Hxq2View& w, int64_t r, float* out) {
+  const uint8_t* row = w.indices + r * w.row_bytes();
+  const uint8_t* codes = w.codes + r * w.groups();
+  uint8_t idx[32];
+  for (int64_t ch = 0; ch * 32 < w.cols; ++ch) {
+    const int64_t n = std::min<int64_t>(32, w.cols - ch * 32);
+    if (n == 32) hxq2_unpack_chunk(row + ch * 4 * w.bits, w.bits, idx);
+    else hxq2_unpack_tail(row + ch * 4 * w.bits, n, w.bits, idx);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = ch * 32 + j;
+      out[c] = w.scale_lut[codes[c / w.group] & 63] * w.codebook[idx[j]];
+    }
+  }
+}
+
+namespace {
+
+void check_view(const Hxq2View& w) {
+  if (w.rows < 0 || w.cols < 0) fail("gemm_hxq2: negative shape [{}, {}]", w.rows, w.cols);
+  if (w.bits != 4 && w.bits != 5 && w.bits != 6 && w.bits != 8) fail("gemm_hxq2: unsupported bit width {}", w.bits);
+  if (w.group != 16 && w.group != 32) fail("gemm_hxq2: unsupported group size {}", w.group);
+  if (w.rows > 0 && w.cols > 0 && (!w.codebook || !w.indices || !w.codes || !w.scale_lut))
+    fail("gemm_hxq2: view without codebook, indices or scales");
+}
+
+inline void sidecar_range(const Hxq2View& w, int64_t r, int64_t& e0, int64_t& e1) {
+  e0 = w.sc_row_ptr[r];
+  e1 = w.sc_row_ptr[r + 1];
+  if (e0 < 0 || e1 < e0) fail("gemm_hxq2: sidecar row pointers of row {} are not increasing ({}, {})", r, e0, e1);
+  if (e1 > e0 && (!w.sc_col || !w.sc_delta)) fail("gemm_hxq2: sidecar entries without columns or deltas");
+}
+
+inline int64_t sidecar_col(const Hxq2View& w, int64_t e, int64_t r) {
+  const int64_t c = w.sc_col[e];
+  if (c < 0 || c >= w.cols) fail("gemm_hxq2: sidecar column {} of row {} out of range [0, {})", c, r, w.cols);
+  return c;
+}
+
+void add_sidecar(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int64_t n1, float* Y) {
+  if (!w.sc_row_ptr) return;
+  const int64_t K = w.cols, N = w.rows;
+  for (int64_t r = n0; r < n1; ++r) {
+    int64_t e0, e1;
+    sidecar_range(w, r, e0, e1);
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t c = sidecar_col(w, e, r);
+      for (int64_t t = 0; t < T; ++t) Y[t * N + r] += X[t * K + c] * w.sc_delta[e];
+    }
+  }
+}
+
+// Rows n0..n1 decoded one at a time, each dotted with the T rows of X (16 partial sums per row).
+void reference_rows(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int64_t n1, float* Y) {
+  const int64_t K = w.cols, N = w.rows;
+  std::vector<float> wr(static_cast<size_t>(K));
+  for (int64_t r = n0; r < n1; ++r) {
+    hxq2_decode_row(w, r, wr.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const float* x = X + t * K;
+      float acc[16] = {};
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16)
+        for (int j = 0; j < 16; ++j) acc[j] += x[k + j] * wr[size_t(k + j)];
+      float s = 0;
+      for (; k < K; ++k) s += x[k] * wr[size_t(k)];
+      for (int j = 0; j < 16; ++j) s += acc[j];
+      Y[t * N + r] = s;
+    }
+  }
+  add_sidecar(X, T, w, n0, n1, Y);
+}
+
+}  // namespace
+
+void gemm_hxq2_reference(const float* X, int64_t T, const Hxq2View& w, float* Y) {
+  check_view(w);
+  if (T <= 0 || w.rows == 0) return;
+  if (w.cols == 0) {
+    std::fill(Y, Y + T * w.rows, 0.0f);
+    return;
+  }
+  pool().parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) { reference_rows(X, T, w, r0, r1, Y); }, 16);
+}
+
+void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y) {
+  check_view(w);
+  const int64_t K = w.cols, N = w.rows;
+  if (T < 0) fail("gemm_hxq2: negative T={}", T);
+  if (T == 0 || N == 0) return;
+  if (K == 0) {
+    std::fill(Y, Y + T * N, 0.0f);
+    return;
+  }
+  const detail::KernelSet* ks = detail::active_kernels();
+  if (!ks) return gemm_hxq2_reference(X, T, w, Y);
+  // Every SIMD kernel set implies AVX2 + FMA: the v2 kernels of hxq2_avx2.cpp serve both.
+  if (detail::use_decode(T, K, true)) {
+    // At least ~256 KiB of weights per task, multiples of 16 rows (as the other decode drivers).
+    int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / std::max<int64_t>(1, w.row_bytes()));
+    grain = (grain + 15) / 16 * 16;
+    detail::dynamic_for(N, grain, [&](int64_t n0, int64_t n1) {
+      detail::hxq2_rows_avx2(X, T, w, n0, n1, Y, N);
+      add_sidecar(X, T, w, n0, n1, Y);
+    });
+    return;
+  }
+  // Prefill: decoded rows (sidecar included) written into the [K][nr] panels of the micro-kernel.
+  const int64_t NR = ks->nr;
+  detail::prefill_driver(*ks, X, T, K, N, [&](int64_t n0, int64_t n, float* dst) {
+    thread_local std::vector<float> row;
+    row.resize(size_t(K));
+    for (int64_t i = 0; i < NR; ++i) {
+      if (i < n) {
+        const int64_t r = n0 + i;
+        detail::hxq2_decode_row_avx2(w, r, row.data());
+        if (w.sc_row_ptr) {
+          int64_t e0, e1;
+          sidecar_range(w, r, e0, e1);
+          for (int64_t e = e0; e < e1; ++e) row[size_t(sidecar_col(w, e, r))] += w.sc_delta[e];
+        }
+        for (int64_t k = 0; k < K; ++k) dst[k * NR + i] = row[size_t(k)];
+      } else {
+        for (int64_t k = 0; k < K; ++k) dst[k * NR + i] = 0.0f;
+      }
+    }
+  }, Y);
+}
+
+}  // namespace hxq

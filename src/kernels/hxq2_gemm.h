@@ -1,0 +1,59 @@
+// HXQ v2 matrix kernels: Y[T, N] = X[T, K] · Wᵀ where W[r, c] = s[r, c / G] · codebook[index[r, c]]
+// (+ a sparse sidecar) is decoded inside the kernel from b-bit packed indices (b = 4, 5, 6, 8), a
+// codebook of 2^b floats and per-group scales — never materialised (see docs/FORMAT.md).
+#pragma once
+#include <cstdint>
+
+namespace hxq {
+
+// Index packing of one chunk of 32 weights in 4·b bytes (the layout of docs/FORMAT.md):
+//   b = 8: byte j = idx[j];
+//   b = 4, 5, 6: bytes 0..15 = (idx[j] & 15) | (idx[j + 16] & 15) << 4;
+//   b = 5: then a little-endian u32 whose bit j is bit 4 of idx[j];
+//   b = 6: then a little-endian u64 whose bits 2j, 2j+1 are bits 4, 5 of idx[j].
+// A row whose length is not a multiple of 32 ends in a short chunk of n < 32 weights stored in
+// ceil(n·b / 8) bytes as a little-endian bit stream (index j at bits j·b .. j·b+b−1): no padding.
+void hxq2_pack_chunk(const uint8_t* idx32, int bits, uint8_t* out);
+void hxq2_unpack_chunk(const uint8_t* in, int bits, uint8_t* idx32);
+void hxq2_pack_tail(const uint8_t* idx, int64_t n, int bits, uint8_t* out);
+void hxq2_unpack_tail(const uint8_t* in, int64_t n, int bits, uint8_t* idx);  // idx[n..31] = 0
+// Bytes of one packed row of `cols` indices.
+inline int64_t hxq2_packed_row_bytes(int64_t cols, int bits) {
+  return cols / 32 * 4 * bits + (cols % 32 * bits + 7) / 8;
+}
+
+// One v2 weight [rows = N outputs, cols = K inputs] as the kernels consume it.
+struct Hxq2View {
+  int64_t rows = 0, cols = 0;
+  int bits = 8;                       // 4, 5, 6 or 8
+  int group = 32;                     // 16 or 32 weights per scale
+  const float* codebook = nullptr;    // 2^bits entries
+  const uint8_t* indices = nullptr;   // [rows, row_bytes()]
+  const uint8_t* codes = nullptr;     // [rows, groups] scale codes, one byte each (< 64)
+  const float* scale_lut = nullptr;   // 64 scale values
+  // Sidecar, CSR over rows (as HxqView): entries add sc_delta[e] to W[r, sc_col[e]].
+  const int64_t* sc_row_ptr = nullptr;
+  const int32_t* sc_col = nullptr;
+  const float* sc_delta = nullptr;
+
+  int64_t row_bytes() const { return hxq2_packed_row_bytes(cols, bits); }
+  int64_t groups() const { return (cols + group - 1) / group; }
+};
+
+// Row r of W decoded without the sidecar (the scalar reference of every kernel).
+void hxq2_decode_row(const Hxq2View& w, int64_t r, float* out);
+
+// Y [T, rows] = X [T, cols] · Wᵀ (+ sidecar), row-major float32, not overlapping. With a SIMD
+// kernel ISA (AVX2 or AVX-512): decode regime (few rows of X) = the AVX2 row decoder + dot
+// products, prefill = decoded panels through the packed float micro-kernel; scalar ISA = the
+// reference. A view with bad sizes or sidecar throws hxq::Error.
+void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y);
+// The scalar reference alone (tests).
+void gemm_hxq2_reference(const float* X, int64_t T, const Hxq2View& w, float* Y);
+
+namespace detail {
+// The AVX2 row decoder (hxq2_avx2.cpp; AVX2 + FMA CPUs only): bit-identical to hxq2_decode_row.
+void hxq2_decode_row_avx2(const Hxq2View& w, int64_t r, float* out);
+}  // namespace detail
+
+}  // namespace hxq
