@@ -76,13 +76,15 @@ const std::vector<std::string>& module_suffixes() {
 
 
 // Mixed precision without data (--bpw): every tensor is encoded at 4, 5, 6 and 8 bits; its cost at
-// b bits is the relative squared error SSE_b / Σw² (to first order the relative perturbation of
-// the layer's output for inputs with no preferred direction, which is what the loss sees), its
-// size the bytes it stores. From 4 bits everywhere, the upgrade (to any higher width) with the
-// largest cost reduction per added byte is taken while the total stays within the budget of
-// bpw · weights / 8 bytes. Deterministic: ties go to the first tensor in name order.
+// b bits is its squared weight error SSE_b = Σ (w − ŵ)² — the energy of the error it adds to its
+// layer's output for inputs of unit variance with no preferred direction (every linear layer here
+// reads a normalised or activated input of comparable scale) — its size the bytes it stores. From
+// 4 bits everywhere, the upgrade (to any higher width) with the largest cost reduction per added
+// byte is taken while the total stays within bpw · weights / 8 bytes. Deterministic: ties go to
+// the first tensor in name order. (Measured on mamba2-neox-17m, --bpw 4.5 --group 16: mean KL
+// 4.03e-3 with this cost, 5.03e-3 with the relative error SSE / Σw².)
 std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<std::string>& chosen,
-                                     const CompressOptions& opt) {
+                                     const CompressOptions& opt, const CompressProgress& progress, uint64_t total_bytes) {
   static constexpr int kWidths[4] = {4, 5, 6, 8};
   struct Opt {
     double err[4];
@@ -93,18 +95,17 @@ std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<st
   double weights = 0;
   for (size_t i = 0; i < names.size(); ++i) {
     check_interrupted();
+    if (progress) progress(0, total_bytes, "planning " + names[i]);
     const auto& t = store.get(names[i]);
     weights += double(t.numel());
     const auto wf = as_f32(t);
-    double sig = 0;
-    for (float x : wf) sig += double(x) * double(x);
     for (int j = 0; j < 4; ++j) {
       Encode2Options e;
       e.bits = kWidths[j];
       e.group = opt.group;
       const Hxq2Tensor h = encode2(wf.data(), t.shape[0], t.shape[1], e);
       const auto st = encode_stats(wf.data(), DType::F32, h);
-      opts[i].err[j] = sig > 0 ? st.mse * double(t.numel()) / sig : 0.0;
+      opts[i].err[j] = st.mse * double(t.numel());
       // Own codebook counted as stored, a shared one as free (it is amortised over many tensors).
       opts[i].bytes[j] = double(h.stored_bytes()) - (v2_own_codebook(t.numel(), e.bits) ? 0.0 : 4.0 * double(1 << e.bits));
     }
@@ -250,7 +251,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     rc.codebook = "optimal, group-scaled";
     rc.sidecar = opt.v2_sidecar_fraction > 0 ? "error" : "none";
     rc.sidecar_fraction = opt.v2_sidecar_fraction;
-    if (opt.bpw > 0) bits_of = plan_bits(store, chosen, opt);
+    if (opt.bpw > 0) bits_of = plan_bits(store, chosen, opt, progress, work_total);
     else
       for (auto& n : chosen) bits_of[n] = opt.bits;
     // Shared codebooks in two rounds, as encode2 fits its own: on the initial scales, then on the

@@ -114,14 +114,16 @@ int bin_of(float u) {
   return std::clamp(b, 0, kHxq2HistBins - 1);
 }
 
-// Squared error of n weights under scale s and codebook c (nearest entries).
-inline double group_error(const float* w, int64_t n, float s, const Nearest& nn, const float* c) {
+// Squared error of n weights under scale s and codebook c (nearest entries); stops early (returning
+// a value > limit) once the partial sum exceeds `limit`.
+inline double group_error(const float* w, int64_t n, float s, const Nearest& nn, const float* c, double limit) {
   const float inv = 1.0f / s;
   double e = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float d = s * c[nn(w[i] * inv)];
     const double r = double(w[i]) - double(d);
     e += r * r;
+    if (e > limit) return e;
   }
   return e;
 }
@@ -149,16 +151,21 @@ void search_scales(const float* w, int64_t rows, int64_t cols, int group, const 
           const double f = std::floor(std::log2(double(s.scale_max) * cm / double(a)) / double(s.scale_step));
           q0 = int(std::clamp(f, 0.0, double(kHxq2Codes - 1)));
         }
+        // The no-clipping code first (usually the best, so the others stop early); the lowest code
+        // wins ties, so the result does not depend on the order of evaluation.
         int best = q0;
         double be = std::numeric_limits<double>::infinity();
-        if (a > 0)
+        if (a > 0) {
+          be = group_error(x, n, lut[q0], nn, cb.data(), be);
           for (int q = std::max(0, q0 - 2); q <= std::min(kHxq2Codes - 1, q0 + 5); ++q) {
-            const double e = group_error(x, n, lut[q], nn, cb.data());
-            if (e < be) {
+            if (q == q0) continue;
+            const double e = group_error(x, n, lut[q], nn, cb.data(), be);
+            if (e < be || (e == be && q < best)) {
               be = e;
               best = q;
             }
           }
+        }
         s.code[size_t(r * ng + g)] = uint8_t(best);
       }
   }, 16);
