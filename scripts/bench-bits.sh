@@ -5,7 +5,7 @@
 # rounds; prints a table of medians and the ratios measured in the same rounds.
 #
 # usage: scripts/bench-bits.sh [WORK_DIR] — env: MODELS ("mamba2:1.3b llama:tinyllama-1.1b"),
-#        THREADS (2), ROUNDS (3), GEN (16), PROMPT (128)
+#        THREADS (2), ROUNDS (3), GEN (16), PROMPT (128), SKIP_COMPRESS=1 (reuse earlier outputs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/hxq-bench-bits}
@@ -25,6 +25,7 @@ for spec in $MODELS; do
   [ -f "$base/config.json" ] || $HXQ synth --arch "$arch" --preset "$preset" -o "$base" --overwrite >/dev/null
   for s in "${SETTINGS[@]}"; do
     name=${s%%:*} flags=${s#*:}
+    [ "${SKIP_COMPRESS:-0}" = 1 ] && [ -f "$base-$name.compress.json" ] && continue
     # shellcheck disable=SC2086
     $HXQ compress "$base" "$base-$name" --overwrite --no-fsync --json --threads "$THREADS" $flags \
       > "$base-$name.compress.json"
