@@ -99,7 +99,7 @@ inline void decode_chunk(const Hxq2View& w, const Lookup& lk, const uint8_t* pro
   const uint8_t* p = prow + c0 / 32 * 4 * w.bits;
   if (n == 32) unpack_chunk(p, w.bits, idx);
   else hxq2_unpack_tail(p, n, w.bits, idx);
-  const int gshift = w.group == 16 ? 4 : 5;  // (a runtime division here cost ~3 cycles per weight)
+  const int gshift = w.group == 16 ? 4 : 5;  // group 16 or 32: a shift, not a division
   const int64_t glast = (w.cols - 1) >> gshift;
   for (int q = 0; q < 4; ++q) {
     const int64_t g = std::min<int64_t>((c0 + 8 * q) >> gshift, glast);
