@@ -307,6 +307,26 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     EncodeOptions eo = opt.encode;
     eo.module = m;
     const int64_t rows = t.shape[0], cols = t.shape[1], numel = rows * cols;
+    // The receipt line of this module (bytes = everything it stores).
+    auto record = [&](int bits, int64_t sidecar, uint64_t bytes, const EncodeStats& st) {
+      TensorReceipt tr;
+      tr.module = m;
+      tr.bits = bits;
+      tr.rows = rows;
+      tr.cols = cols;
+      tr.source_dtype = std::string(dtype_name(t.dtype));
+      tr.sidecar = sidecar;
+      tr.bits_per_weight = 8.0 * double(bytes) / double(numel);
+      tr.sqnr_db = st.sqnr_db;
+      tr.max_abs_err = st.max_abs_err;
+      tr.mse = st.mse;
+      tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+      rc.modules.push_back(tr);
+      rc.compressed_weights += uint64_t(numel);
+      rc.compressed_bytes += bytes;
+      modules.push_back(m);
+      work_done += t.nbytes;
+    };
     if (v2) {
       Encode2Options e2;
       e2.bits = bits_of[n];
@@ -333,24 +353,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
               h.sidecar_val.size() * 4);
         rc.total_keys += 2;
       }
-      const uint64_t bytes = h.stored_bytes();
-      TensorReceipt tr;
-      tr.module = m;
-      tr.bits = h.bits;
-      tr.rows = rows;
-      tr.cols = cols;
-      tr.source_dtype = std::string(dtype_name(t.dtype));
-      tr.sidecar = int64_t(h.sidecar_pos.size());
-      tr.bits_per_weight = 8.0 * double(bytes) / double(numel);
-      tr.sqnr_db = st.sqnr_db;
-      tr.max_abs_err = st.max_abs_err;
-      tr.mse = st.mse;
-      tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-      rc.modules.push_back(tr);
-      rc.compressed_weights += uint64_t(numel);
-      rc.compressed_bytes += bytes;
-      modules.push_back(m);
-      work_done += t.nbytes;
+      record(h.bits, int64_t(h.sidecar_pos.size()), h.stored_bytes(), st);
       continue;
     }
     if (eo.sidecar == SidecarMethod::Error) {
@@ -369,23 +372,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     w.add(m + ".sidecar_values", DType::F32, {int64_t(h.sidecar_val.size())}, h.sidecar_val.data(),
           h.sidecar_val.size() * 4);
     rc.total_keys += 4;
-    const uint64_t bytes = h.codebook.size() * 4 + h.indices.size() + h.sidecar_pos.size() * 12;
-    TensorReceipt tr;
-    tr.module = m;
-    tr.rows = rows;
-    tr.cols = cols;
-    tr.source_dtype = std::string(dtype_name(t.dtype));
-    tr.sidecar = int64_t(h.sidecar_pos.size());
-    tr.bits_per_weight = 8.0 * double(bytes) / double(numel);
-    tr.sqnr_db = st.sqnr_db;
-    tr.max_abs_err = st.max_abs_err;
-    tr.mse = st.mse;
-    tr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-    rc.modules.push_back(tr);
-    rc.compressed_weights += uint64_t(numel);
-    rc.compressed_bytes += bytes;
-    modules.push_back(m);
-    work_done += t.nbytes;
+    record(8, int64_t(h.sidecar_pos.size()), h.codebook.size() * 4 + h.indices.size() + h.sidecar_pos.size() * 12, st);
   }
   w.finish();
   if (progress) progress(work_total, work_total, "");
