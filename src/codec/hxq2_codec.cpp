@@ -86,10 +86,7 @@ class Nearest {
   }
   uint32_t operator()(float u) const {
     if (!(u > lo_)) return 0;
-    if (u >= hi_) {
-      int j = k_ - 1;
-      return uint32_t(j);
-    }
+    if (u >= hi_) return uint32_t(k_ - 1);
     int b = int((u - lo_) * inv_);
     b = std::clamp(b, 0, kBuckets + 1);
     uint32_t j = lut_[size_t(b)];
@@ -131,7 +128,8 @@ inline double group_error(const float* w, int64_t n, float s, const Nearest& nn,
 // For every group: the code among the neighbours of the no-clipping code (the one whose scale
 // maps the group's max |w| onto the codebook's largest |entry|) with the least squared error.
 // The range q0 − 2 .. q0 + 5 (scales 2^(2·step) above to 2^(−5·step) below) holds the optimum: on
-// mamba2-neox-17m at 4 bits, q0 + 10 and q0 + 16 gave bit-identical output.
+// mamba2-neox-17m at 4 bits, group 16, widening it to q0 + 10 or q0 + 16 gave the same SQNR and
+// mean KL (first 8,192 WikiText-2 tokens).
 void search_scales(const float* w, int64_t rows, int64_t cols, int group, const std::vector<float>& cb,
                    Hxq2Scales& s) {
   float lut[kHxq2Codes];

@@ -44,14 +44,14 @@ std::shared_ptr<const Hxq2Weight> Hxq2Weight::load(const TensorStore& store, con
   int32_t p2[2];
   std::memcpy(p2, qp.data, sizeof p2);
   // {bits | group << 8 | version << 16, in_features}
-  const int32_t p[4] = {(p2[0] >> 16) & 0xffff, p2[0] & 0xff, (p2[0] >> 8) & 0xff, p2[1]};
-  if (p[0] != 2) fail("{}: tensor '{}': format version {} (this build reads 2)", qp.file, qp.name, p[0]);
-  if (!hxq2_bits_supported(p[1])) fail("{}: tensor '{}': bit width {} (need 4, 5, 6 or 8)", qp.file, qp.name, p[1]);
-  if (!hxq2_group_supported(p[2])) fail("{}: tensor '{}': group size {} (need 16 or 32)", qp.file, qp.name, p[2]);
-  if (p[3] <= 0) fail("{}: tensor '{}': in_features {} (need > 0)", qp.file, qp.name, p[3]);
-  w->bits_ = p[1];
-  w->group_ = p[2];
-  w->cols_ = p[3];
+  const int version = (p2[0] >> 16) & 0xffff, bits = p2[0] & 0xff, group = (p2[0] >> 8) & 0xff;
+  if (version != 2) fail("{}: tensor '{}': format version {} (this build reads 2)", qp.file, qp.name, version);
+  if (!hxq2_bits_supported(bits)) fail("{}: tensor '{}': bit width {} (need 4, 5, 6 or 8)", qp.file, qp.name, bits);
+  if (!hxq2_group_supported(group)) fail("{}: tensor '{}': group size {} (need 16 or 32)", qp.file, qp.name, group);
+  if (p2[1] <= 0) fail("{}: tensor '{}': in_features {} (need > 0)", qp.file, qp.name, p2[1]);
+  w->bits_ = bits;
+  w->group_ = group;
+  w->cols_ = p2[1];
   const TensorInfo& ix = need(store, m + ".packed_indices", m);
   if (ix.dtype != DType::U8 || ix.shape.size() != 2 || ix.shape[1] != hxq2_row_bytes(w->cols_, w->bits_))
     fail("{}: tensor '{}': indices must be U8 [out, {}] ({} inputs at {} bits), got {} {}", ix.file, ix.name,

@@ -61,7 +61,7 @@ inline void unpack_chunk(const uint8_t* p, int bits, uint8_t* idx) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + 16), hi);
 }
 
-// Codebook lookup of 8 indices (dwords).
+// Codebook lookup of 8 indices: in registers for b <= 5 (dword indices), by scalar loads for b = 6, 8.
 struct Lookup {
   int bits;
   const float* cb;
@@ -71,18 +71,15 @@ struct Lookup {
     if (b <= 5)
       for (int i = 0; i < (1 << b) / 8; ++i) t[i] = _mm256_loadu_ps(c + 8 * i);
   }
-  __m256 operator()(__m256i i) const {
+  __m256 operator()(__m256i i) const {  // b = 4 or 5
     if (bits == 4) {
       const __m256 a = _mm256_permutevar8x32_ps(t[0], i), b = _mm256_permutevar8x32_ps(t[1], i);
       return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(i, 28)));  // bit 3
     }
-    if (bits == 5) {
-      const __m256 s3 = _mm256_castsi256_ps(_mm256_slli_epi32(i, 28)), s4 = _mm256_castsi256_ps(_mm256_slli_epi32(i, 27));
-      const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[0], i), _mm256_permutevar8x32_ps(t[1], i), s3);
-      const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[2], i), _mm256_permutevar8x32_ps(t[3], i), s3);
-      return _mm256_blendv_ps(a, b, s4);  // bit 4
-    }
-    return _mm256_i32gather_ps(cb, i, 4);
+    const __m256 s3 = _mm256_castsi256_ps(_mm256_slli_epi32(i, 28)), s4 = _mm256_castsi256_ps(_mm256_slli_epi32(i, 27));
+    const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[0], i), _mm256_permutevar8x32_ps(t[1], i), s3);
+    const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t[2], i), _mm256_permutevar8x32_ps(t[3], i), s3);
+    return _mm256_blendv_ps(a, b, s4);  // bit 4
   }
   // b = 6, 8: eight scalar loads assembled into a vector (measured 3× faster than VPGATHERDD on
   // Zen 4 for the helix-format kernel, see docs/PERFORMANCE.md).

@@ -8,6 +8,7 @@
 #include "core/threadpool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
+#include "kernels/sidecar.h"
 
 namespace hxq {
 
@@ -92,31 +93,9 @@ void check_view(const Hxq2View& w) {
     fail("gemm_hxq2: view without codebook, indices or scales");
 }
 
-inline void sidecar_range(const Hxq2View& w, int64_t r, int64_t& e0, int64_t& e1) {
-  e0 = w.sc_row_ptr[r];
-  e1 = w.sc_row_ptr[r + 1];
-  if (e0 < 0 || e1 < e0) fail("gemm_hxq2: sidecar row pointers of row {} are not increasing ({}, {})", r, e0, e1);
-  if (e1 > e0 && (!w.sc_col || !w.sc_delta)) fail("gemm_hxq2: sidecar entries without columns or deltas");
-}
-
-inline int64_t sidecar_col(const Hxq2View& w, int64_t e, int64_t r) {
-  const int64_t c = w.sc_col[e];
-  if (c < 0 || c >= w.cols) fail("gemm_hxq2: sidecar column {} of row {} out of range [0, {})", c, r, w.cols);
-  return c;
-}
-
-void add_sidecar(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int64_t n1, float* Y) {
-  if (!w.sc_row_ptr) return;
-  const int64_t K = w.cols, N = w.rows;
-  for (int64_t r = n0; r < n1; ++r) {
-    int64_t e0, e1;
-    sidecar_range(w, r, e0, e1);
-    for (int64_t e = e0; e < e1; ++e) {
-      const int64_t c = sidecar_col(w, e, r);
-      for (int64_t t = 0; t < T; ++t) Y[t * N + r] += X[t * K + c] * w.sc_delta[e];
-    }
-  }
-}
+using detail::add_sidecar;
+using detail::sidecar_col;
+using detail::sidecar_range;
 
 // Rows n0..n1 decoded one at a time, each dotted with the T rows of X (16 partial sums per row).
 void reference_rows(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int64_t n1, float* Y) {

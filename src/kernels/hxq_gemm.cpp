@@ -11,40 +11,15 @@
 #include "core/threadpool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
+#include "kernels/sidecar.h"
 
 namespace hxq {
 
 namespace {
 
-// Sidecar entries of row r, checked (the view's producer validates the CSR as a whole; here we
-// only make sure a bad view cannot make the kernel read or write out of bounds).
-inline void sidecar_range(const HxqView& w, int64_t r, int64_t& e0, int64_t& e1) {
-  e0 = w.sc_row_ptr[r];
-  e1 = w.sc_row_ptr[r + 1];
-  if (e0 < 0 || e1 < e0) fail("gemm_hxq: sidecar row pointers of row {} are not increasing ({}, {})", r, e0, e1);
-  if (e1 > e0 && (!w.sc_col || !w.sc_delta)) fail("gemm_hxq: sidecar entries without columns or deltas");
-}
-
-inline int64_t sidecar_col(const HxqView& w, int64_t e, int64_t r) {
-  int64_t c = w.sc_col[e];
-  if (c < 0 || c >= w.cols) fail("gemm_hxq: sidecar column {} of row {} out of range [0, {})", c, r, w.cols);
-  return c;
-}
-
-// Y[t, r] += X[t, col] · delta for the sidecar entries of rows [n0, n1).
-void add_sidecar(const float* X, int64_t T, const HxqView& w, int64_t n0, int64_t n1, float* Y) {
-  if (!w.sc_row_ptr) return;
-  const int64_t K = w.cols, N = w.rows;
-  for (int64_t r = n0; r < n1; ++r) {
-    int64_t e0, e1;
-    sidecar_range(w, r, e0, e1);
-    for (int64_t e = e0; e < e1; ++e) {
-      const int64_t c = sidecar_col(w, e, r);
-      const float d = w.sc_delta[e];
-      for (int64_t t = 0; t < T; ++t) Y[t * N + r] += X[t * K + c] * d;
-    }
-  }
-}
+using detail::add_sidecar;
+using detail::sidecar_col;
+using detail::sidecar_range;
 
 // The portable reference: decodes 16 rows at a time (codebook + sidecar) into float32.
 void gemm_hxq_scalar(const float* X, int64_t T, const HxqView& w, float* Y) {
