@@ -4,6 +4,7 @@
 // kernels; HXQ_BENCH_BW_MB sizes the bandwidth buffer (default 1024 MiB).
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -15,6 +16,7 @@
 #include "core/threadpool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/gemm.h"
+#include "kernels/hxq2_gemm.h"
 #include "kernels/hxq_gemm.h"
 #include "kernels/membw.h"
 #include "kernels/ssd.h"
@@ -224,6 +226,76 @@ void hxq_matvec(benchmark::State& st, bool bf16_codebook, HxqMath math) {
   set_num_threads(0);
 }
 
+// HXQ v2 (random indices, codebook and scale codes; no sidecar): range(0..5) = N, K, T, threads,
+// bits, group. copies = 1 keeps the weight in cache (the kernel's compute rate, G weights/s);
+// otherwise enough copies that each call reads its weight from memory.
+struct Hxq2Set {
+  std::vector<float> codebook, lut;
+  std::vector<std::vector<uint8_t>> idx;
+  std::vector<uint8_t> codes;
+  int64_t N, K;
+  int bits, group;
+  Hxq2Set(int64_t n, int64_t k, int b, int g, int copies) : N(n), K(k), bits(b), group(g) {
+    std::mt19937 rng(4);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    codebook.resize(size_t(1) << b);
+    for (auto& c : codebook) c = nd(rng);
+    lut.resize(64);
+    for (int q = 0; q < 64; ++q) lut[size_t(q)] = 0.05f * std::exp2(-0.1f * float(q));
+    std::vector<uint8_t> one(size_t(N * hxq2_packed_row_bytes(K, b)));
+    for (auto& v : one) v = uint8_t(rng());
+    idx.assign(size_t(copies), one);
+    codes.resize(size_t(N * ((K + g - 1) / g)));
+    for (auto& c : codes) c = uint8_t(rng() % 64);
+  }
+  Hxq2View view(int c) const {
+    Hxq2View v;
+    v.rows = N;
+    v.cols = K;
+    v.bits = bits;
+    v.group = group;
+    v.codebook = codebook.data();
+    v.indices = idx[size_t(c)].data();
+    v.codes = codes.data();
+    v.scale_lut = lut.data();
+    return v;
+  }
+  double bytes() const { return double(idx[0].size() + codes.size() * 6 / 8 + codebook.size() * 4); }
+};
+
+void hxq2_matvec(benchmark::State& st, HxqMath math, bool in_cache) {
+  HxqMathScope scope(math);
+  const int64_t N = st.range(0), K = st.range(1), T = st.range(2);
+  const int threads = threads_arg(st.range(3));
+  const int bits = int(st.range(4)), group = int(st.range(5));
+  const double bw0 = in_cache ? 0 : machine_bandwidth(threads);
+  set_num_threads(threads);
+  const int copies = in_cache ? 1 : copies_for(size_t(double(N * K) * bits / 8));
+  Hxq2Set hs(N, K, bits, group, copies);
+  const std::vector<float> x = make_x(T, K);
+  std::vector<float> y(size_t(T * N));
+  int c = 0;
+  CpuClock cpu{threads};
+  for (auto _ : st) {
+    gemm_hxq2(x.data(), T, hs.view(c), y.data());
+    benchmark::DoNotOptimize(y.data());
+    c = (c + 1) % copies;
+  }
+  cpu.stop();
+  st.counters["Gweights/s"] = benchmark::Counter(double(N * K) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  set_counters(st, hs.bytes(), 2.0 * double(T * N * K));
+  if (!in_cache) {
+    set_bw_counters(st, hs.bytes(), bw0, machine_bandwidth(threads));
+    set_cpu_bw_counters(st, hs.bytes(), cpu, threads);
+  }
+  st.SetLabel(std::string(isa_name(kernel_isa())));
+  set_num_threads(0);
+}
+void BM_Hxq2Matvec(benchmark::State& st) { hxq2_matvec(st, HxqMath::Fast, false); }
+void BM_Hxq2MatvecExact(benchmark::State& st) { hxq2_matvec(st, HxqMath::Exact, false); }
+void BM_Hxq2MatvecInCache(benchmark::State& st) { hxq2_matvec(st, HxqMath::Fast, true); }
+void BM_Hxq2MatvecExactInCache(benchmark::State& st) { hxq2_matvec(st, HxqMath::Exact, true); }
+
 // The default (HxqMath::Fast: 16-bit integer decode with VNNI where available).
 void BM_HxqMatvec(benchmark::State& st) { hxq_matvec(st, false, HxqMath::Fast); }
 // Exact float32 codebook values (HxqMath::Exact).
@@ -340,6 +412,19 @@ void one_core_matvec(benchmark::internal::Benchmark* b) { matvec_shapes(b, 1); }
 void all_cores_gemm(benchmark::internal::Benchmark* b) { gemm_shapes(b, 0); }
 void one_core_gemm(benchmark::internal::Benchmark* b) { gemm_shapes(b, 1); }
 
+// v2: every bit width, group 32 and 16, T = 1 and 4. In cache: 128 x 2048 (<= 256 KiB), one core.
+void hxq2_shapes(benchmark::internal::Benchmark* b, int64_t N, int64_t th) {
+  b->ArgNames({"N", "K", "T", "threads", "bits", "group"});
+  for (int64_t bits : {8, 6, 5, 4})
+    for (int64_t g : {32, 16})
+      for (int64_t T : {1, 4}) b->Args({N, 2048, T, th, bits, g});
+  if (th != 1) b->UseRealTime();
+  b->Unit(benchmark::kMicrosecond);
+}
+void hxq2_all_cores(benchmark::internal::Benchmark* b) { hxq2_shapes(b, 8512, 0); }
+void hxq2_one_core(benchmark::internal::Benchmark* b) { hxq2_shapes(b, 8512, 1); }
+void hxq2_in_cache(benchmark::internal::Benchmark* b) { hxq2_shapes(b, 128, 1); }
+
 void thread_counts(benchmark::internal::Benchmark* b) {
   b->ArgNames({"threads"})->Arg(0)->Arg(1)->Iterations(1)->Unit(benchmark::kMillisecond);
 }
@@ -349,6 +434,12 @@ void thread_counts(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_ReadBandwidth)->Apply(thread_counts);
 BENCHMARK(BM_SsmStepModelState)->ArgNames({"heads"})->Arg(1536)->Arg(3072)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PeakFma)->Apply(thread_counts);
+BENCHMARK(BM_Hxq2Matvec)->Apply(hxq2_all_cores);
+BENCHMARK(BM_Hxq2Matvec)->Apply(hxq2_one_core);
+BENCHMARK(BM_Hxq2MatvecExact)->Apply(hxq2_all_cores);
+BENCHMARK(BM_Hxq2MatvecExact)->Apply(hxq2_one_core);
+BENCHMARK(BM_Hxq2MatvecInCache)->Apply(hxq2_in_cache);
+BENCHMARK(BM_Hxq2MatvecExactInCache)->Apply(hxq2_in_cache);
 BENCHMARK(BM_HxqMatvec)->Apply(all_cores_matvec);
 BENCHMARK(BM_HxqMatvec)->Apply(one_core_matvec);
 BENCHMARK(BM_HxqMatvecExact)->Apply(all_cores_matvec);

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
 #include "kernels/hxq2_gemm.h"
+#include "kernels/hxq_gemm.h"
 #include "kernels/linear.h"
 #include "models/model.h"
 #include "test_util.h"
@@ -143,6 +145,7 @@ struct IsaGuard {
 
 TEST(Hxq2Kernels, EveryIsaAndRegimeMatchesDoubleReference) {
   IsaGuard guard;
+  HxqMathScope exact(HxqMath::Exact);  // the fast decode kernel has its own bound (below)
   std::mt19937 rng(3);
   struct Shape {
     int64_t N, K, T;
@@ -205,6 +208,99 @@ TEST(Hxq2Kernels, EveryIsaAndRegimeMatchesDoubleReference) {
             }
           }
         }
+}
+
+// HxqMath::Fast (b <= 6, T <= 8): 16-bit codebook and X, exact integer sums per group; the
+// error bound of hxq2_gemm.h, per output, against a double sum over the decoded weights.
+TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
+  if (!hxq2_fast_available(4)) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  IsaGuard guard;
+  set_num_threads(2);  // at least two threads, whatever the machine
+  struct RestoreThreads {
+    ~RestoreThreads() { set_num_threads(0); }
+  } restore;
+  HxqMathScope fast(HxqMath::Fast);
+  std::mt19937 rng(11);
+  struct Shape {
+    int64_t N, K, T;
+  };
+  // The last two are split over the pool's threads (tasks of >= 256 KiB of indices).
+  const Shape shapes[] = {{1, 1, 1}, {3, 31, 1}, {5, 32, 2}, {17, 33, 3}, {33, 100, 4}, {16, 257, 8},
+                          {9, 512, 5}, {40, 700, 1}, {4, 2048, 2}, {20000, 64, 1}, {3000, 512, 2}};
+  for (int bits : {4, 5, 6})
+    for (int group : {16, 32})
+      for (const Shape& s : shapes)
+        for (bool sidecar : {false, true}) {
+          const RandomV2 w = make_v2(s.N, s.K, bits, group, rng);
+          const Hxq2View v = w.view(sidecar);
+          std::normal_distribution<float> nd(0.0f, 1.0f);
+          std::vector<float> x(static_cast<size_t>(s.T * s.K));
+          for (auto& e : x) e = nd(rng) * (nd(rng) > 2.0f ? 30.0f : 1.0f);  // a few outliers
+          double cmax = 0;
+          for (float c : w.codebook) cmax = std::max(cmax, std::fabs(double(c)));
+          const double cs = cmax / 16383;
+          std::vector<float> row(static_cast<size_t>(s.K));
+          std::vector<float> y(static_cast<size_t>(s.T * s.N), std::nanf(""));
+          gemm_hxq2(x.data(), s.T, v, y.data());
+          for (int64_t n = 0; n < s.N; ++n) {
+            hxq2_decode_row(v, n, row.data());
+            std::vector<float> full = row;  // + sidecar
+            if (sidecar)
+              for (int64_t e = w.row_ptr[size_t(n)]; e < w.row_ptr[size_t(n + 1)]; ++e)
+                full[size_t(w.col[size_t(e)])] += w.delta[size_t(e)];
+            for (int64_t t = 0; t < s.T; ++t) {
+              const float* xt = x.data() + t * s.K;
+              double ref = 0, mag = 0, qbound = 0;
+              for (int64_t b0 = 0; b0 < s.K; b0 += detail::kHxq2XBlock) {
+                const int64_t b1 = std::min(s.K, b0 + detail::kHxq2XBlock);
+                double xm = 0;
+                for (int64_t k = b0; k < b1; ++k) xm = std::max(xm, std::fabs(double(xt[k])));
+                for (int64_t k = b0; k < b1; ++k) {
+                  const double sg = w.lut[w.codes[size_t(n * ((s.K + group - 1) / group) + k / group)] & 63];
+                  qbound += std::fabs(sg) * cs / 2 * std::fabs(double(xt[k])) + xm / 16383 / 2 * std::fabs(double(row[size_t(k)]));
+                }
+              }
+              for (int64_t k = 0; k < s.K; ++k) {
+                ref += double(xt[k]) * double(full[size_t(k)]);
+                mag += std::fabs(double(xt[k]) * double(full[size_t(k)]));
+              }
+              // The quantisation bound (1 % slack for the float32 steps cs, xs) plus float32 sums.
+              const double bound = 1.01 * qbound + tol::kHxq2SumUlps * double(s.K + 16) * std::ldexp(mag, -24) + 1e-30;
+              ASSERT_LE(std::fabs(double(y[size_t(t * s.N + n)]) - ref), bound)
+                  << "bits " << bits << " group " << group << " N" << s.N << " K" << s.K << " T" << s.T
+                  << (sidecar ? " sidecar" : "") << " row " << n << " t " << t;
+            }
+          }
+        }
+}
+
+// Non-finite X or codebook: the fast path steps aside, results equal the exact path's bit for bit.
+TEST(Hxq2Kernels, FastDecodeFallsBackOnNonFiniteInput) {
+  if (!hxq2_fast_available(4)) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  std::mt19937 rng(5);
+  RandomV2 w = make_v2(20, 96, 4, 32, rng);
+  std::vector<float> x(96 * 2, 0.5f), a(40), b(40);
+  x[7] = std::numeric_limits<float>::infinity();
+  {
+    HxqMathScope m(HxqMath::Fast);
+    gemm_hxq2(x.data(), 2, w.view(false), a.data());
+  }
+  {
+    HxqMathScope m(HxqMath::Exact);
+    gemm_hxq2(x.data(), 2, w.view(false), b.data());
+  }
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+  x[7] = 0.5f;
+  w.codebook[3] = std::nanf("");
+  {
+    HxqMathScope m(HxqMath::Fast);
+    gemm_hxq2(x.data(), 2, w.view(false), a.data());
+  }
+  {
+    HxqMathScope m(HxqMath::Exact);
+    gemm_hxq2(x.data(), 2, w.view(false), b.data());
+  }
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
 }
 
 TEST(Hxq2Kernels, BadViewsThrow) {

@@ -1,6 +1,7 @@
 #include "kernels/hxq2_gemm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include "core/threadpool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
+#include "kernels/hxq_gemm.h"
 #include "kernels/sidecar.h"
 
 namespace hxq {
@@ -15,7 +17,39 @@ namespace hxq {
 namespace detail {
 // hxq2_avx2.cpp
 void hxq2_rows_avx2(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy);
+
+bool hxq2_quant_x(const float* X, int64_t T, int64_t K, Hxq2QuantX& q) {
+  q.T = T;
+  q.K = K;
+  q.K32 = (K + 31) / 32 * 32;
+  const int64_t nb = (K + kHxq2XBlock - 1) / kHxq2XBlock;
+  q.q.assign(size_t(T * q.K32), 0);
+  q.xs.assign(size_t(T * nb), 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = X + t * K;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k0 = b * kHxq2XBlock, k1 = std::min(K, k0 + kHxq2XBlock);
+      double m = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        if (!std::isfinite(x[k])) return false;
+        m = std::max(m, std::fabs(double(x[k])));
+      }
+      q.xs[size_t(t * nb + b)] = float(m / 16383.0);
+      if (m == 0) continue;
+      for (int64_t k = k0; k < k1; ++k) {
+        // Column j of a chunk goes to 16-bit lane j (0..7, 24..31), j − 8 (16..23), j + 8 (8..15).
+        const int64_t j = k % 32, c = k - j;
+        const int64_t pos = j < 8 || j >= 24 ? j : j < 16 ? j + 8 : j - 8;
+        q.q[size_t(t * q.K32 + c + pos)] = int16_t(std::lrint(double(x[k]) * 16383.0 / m));
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace detail
+
+bool hxq2_fast_available(int bits) { return (bits == 4 || bits == 5 || bits == 6) && detail::active_kernels() != nullptr; }
 
 void hxq2_pack_chunk(const uint8_t* idx, int bits, uint8_t* out) {
   if (bits == 8) {
@@ -93,6 +127,12 @@ void check_view(const Hxq2View& w) {
     fail("gemm_hxq2: view without codebook, indices or scales");
 }
 
+bool finite_codebook(const Hxq2View& w) {
+  for (int i = 0; i < (1 << w.bits); ++i)
+    if (!std::isfinite(w.codebook[i])) return false;
+  return true;
+}
+
 using detail::add_sidecar;
 using detail::sidecar_col;
 using detail::sidecar_range;
@@ -146,6 +186,18 @@ void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y) {
     // At least ~256 KiB of weights per task, multiples of 16 rows (as the other decode drivers).
     int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / std::max<int64_t>(1, w.row_bytes()));
     grain = (grain + 15) / 16 * 16;
+    const bool fast = T <= 8 && hxq_math() == HxqMath::Fast && hxq2_fast_available(w.bits) && finite_codebook(w);
+    thread_local detail::Hxq2QuantX qx_buf;
+    // A named reference: a lambda does not capture a thread_local (the pool's threads would see
+    // their own, empty instance).
+    const detail::Hxq2QuantX& qx = qx_buf;
+    if (fast && detail::hxq2_quant_x(X, T, K, qx_buf)) {
+      detail::dynamic_for(N, grain, [&](int64_t n0, int64_t n1) {
+        detail::hxq2_fast_rows_avx2(qx, w, n0, n1, Y, N);
+        add_sidecar(X, T, w, n0, n1, Y);
+      });
+      return;
+    }
     detail::dynamic_for(N, grain, [&](int64_t n0, int64_t n1) {
       detail::hxq2_rows_avx2(X, T, w, n0, n1, Y, N);
       add_sidecar(X, T, w, n0, n1, Y);

@@ -3,6 +3,7 @@
 // codebook of 2^b floats and per-group scales — never materialised (see docs/FORMAT.md).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace hxq {
 
@@ -51,9 +52,38 @@ void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y);
 // The scalar reference alone (tests).
 void gemm_hxq2_reference(const float* X, int64_t T, const Hxq2View& w, float* Y);
 
+// Whether HxqMath::Fast (hxq_gemm.h) has a fast v2 kernel for this bit width with the current
+// kernel ISA: b = 4, 5, 6 on every SIMD ISA (the AVX2 integer kernel below). b = 8 is always
+// exact: its 256-entry table needs one load per weight either way (a 16-bit table of all index
+// pairs, 256 KiB, halves the loads but measured 0.7x the exact path's speed: it misses in L2).
+bool hxq2_fast_available(int bits);
+
 namespace detail {
 // The AVX2 row decoder (hxq2_avx2.cpp; AVX2 + FMA CPUs only): bit-identical to hxq2_decode_row.
 void hxq2_decode_row_avx2(const Hxq2View& w, int64_t r, float* out);
+
+// Fast decode (HxqMath::Fast, b <= 6, T <= 8): integer dot products on 16-bit forms of the codebook and
+// of X.
+//  * codebook: q[j] = round(c[j] / cs), cs = max|c| / 16383 (error <= cs / 2 per entry);
+//  * X: per block of kHxq2XBlock columns, q = round(x / xs), xs = max|x in block| / 16383 (error
+//    <= xs / 2 per element);
+//  * indices -> 16-bit values by byte shuffles (VPSHUFB) of 16-entry tables; X is stored per
+//    chunk of 32 columns in the order those vectors come out: columns 0..7, 16..23, 8..15, 24..31;
+//  * per group, Σ q_c·q_x in exact int32 (|sum| <= 4 · 16383² < 2^31 per lane), then float32:
+//    y = cs · Σ_blocks xs · Σ_groups s_g · (int sum).
+// So |y − exact| <= Σ_c |s_g|·(cs/2·|x_c| + xs/2·|c[idx_c]|) + float32 rounding of the sums. The
+// sidecar is always added exactly (from the float X).
+inline constexpr int64_t kHxq2XBlock = 256;
+struct Hxq2QuantX {
+  int64_t T = 0, K = 0, K32 = 0;  // K32: K rounded up to 32 (zero padded)
+  std::vector<int16_t> q;         // [T][K32], permuted per chunk as above
+  std::vector<float> xs;          // [T][ceil(K / kHxq2XBlock)]
+};
+// False when X holds a non-finite value (the caller then takes the exact path).
+bool hxq2_quant_x(const float* X, int64_t T, int64_t K, Hxq2QuantX& q);
+// Y[t, n] for n in [n0, n1), t < q.T <= 8, without the sidecar (AVX2 + FMA CPUs only; b <= 6,
+// a finite codebook).
+void hxq2_fast_rows_avx2(const Hxq2QuantX& q, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy);
 }  // namespace detail
 
 }  // namespace hxq
