@@ -122,6 +122,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CompressRoundTrip,
                                            Case{"fixtures/hf/mamba2-tiny-bf16", true},
                                            Case{"models/mamba2-neox-17m", false}, Case{"models/mamba2-neox-17m", true},
                                            Case{"fixtures/hf/llama-tiny", true}, Case{"fixtures/hf/qwen2-tiny", true},
+                                           Case{"fixtures/hf/mamba-tiny", false}, Case{"fixtures/hf/mamba-tiny", true},
+                                           Case{"fixtures/hf/zamba2-tiny", false}, Case{"fixtures/hf/zamba2-tiny", true},
                                            Case{"models/stories260K-hf", false}),
                          [](const auto& info) {
                            std::string s = info.param.dir.substr(info.param.dir.rfind('/') + 1) +
@@ -213,6 +215,17 @@ TEST(Compress, GlobAndDefaultSelection) {
   EXPECT_TRUE(is_default_linear("backbone.embeddings.weight", {10, 4}, true));
   EXPECT_TRUE(is_default_linear("lm_head.weight", {10, 4}, true));
   EXPECT_FALSE(is_default_linear("model.norm.weight", {4}, true));
+  // Mamba1: every projection; Zamba2: the shared block and per-layer linear, not its LoRA adapters.
+  for (const char* n : {"backbone.layers.0.mixer.x_proj.weight", "backbone.layers.0.mixer.dt_proj.weight",
+                        "model.layers.1.linear.weight", "model.layers.1.shared_transformer.self_attn.q_proj.weight",
+                        "model.layers.1.shared_transformer.feed_forward.gate_up_proj.weight"})
+    EXPECT_TRUE(is_default_linear(n, {10, 4}, false)) << n;
+  EXPECT_FALSE(is_default_linear("backbone.layers.0.mixer.A_log", {10, 4}, false));
+  EXPECT_FALSE(is_default_linear("model.layers.1.shared_transformer.self_attn.linear_q_adapter_list.0.0.weight",
+                                 {8, 128}, false));
+  EXPECT_FALSE(is_default_linear(
+      "model.layers.1.shared_transformer.feed_forward.gate_up_proj_adapter_list.1.1.weight", {256, 8}, false));
+  EXPECT_FALSE(is_default_linear("model.layers.0.self_attn.q_proj.lora_A.weight", {8, 64}, false));
 }
 
 }  // namespace

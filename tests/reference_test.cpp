@@ -110,7 +110,8 @@ TEST_P(ModelRef, LogitsHiddenDecodeGreedy) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ModelRef,
                          ::testing::Values(RefCase{"fixtures/hf/mamba2-tiny"}, RefCase{"fixtures/hf/mamba2-tiny-bf16"},
-                                           RefCase{"models/mamba2-neox-17m", 5}, RefCase{"fixtures/hf/llama-tiny"},
+                                           RefCase{"models/mamba2-neox-17m", 5}, RefCase{"fixtures/hf/mamba-tiny"},
+                                           RefCase{"fixtures/hf/zamba2-tiny"}, RefCase{"fixtures/hf/llama-tiny"},
                                            RefCase{"fixtures/hf/qwen2-tiny"}, RefCase{"models/stories260K-hf", 1}),
                          [](const auto& info) {
                            std::string s = info.param.dir.substr(info.param.dir.rfind('/') + 1);

@@ -13,7 +13,7 @@
 using namespace hxq;
 
 TEST(Synth, TinyPresetsLoadRunAndCompress) {
-  for (std::string arch : {"mamba2", "llama", "qwen2"}) {
+  for (std::string arch : {"mamba", "mamba2", "zamba2", "llama", "qwen2"}) {
     const auto dir = test::temp_dir("synth-" + arch);
     SynthOptions o;
     o.arch = arch;
@@ -46,4 +46,6 @@ TEST(Synth, UnknownArchOrPresetIsUsageError) {
   o.preset = "7b";
   EXPECT_THROW(write_synthetic_model(test::temp_dir("s") + "/x", o), UsageError);
   EXPECT_EQ(synth_presets("qwen2").size(), 2u);
+  EXPECT_EQ(synth_presets("mamba"), (std::vector<std::string>{"tiny", "130m", "370m", "790m", "1.4b", "2.8b"}));
+  EXPECT_EQ(synth_presets("zamba2"), (std::vector<std::string>{"tiny", "1.2b", "2.7b"}));
 }

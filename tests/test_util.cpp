@@ -1,6 +1,8 @@
 #include "test_util.h"
 
+#include "io/json.h"
 #include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -130,5 +132,32 @@ float max_abs_diff(const float* a, const float* b, size_t n) {
 }
 
 int32_t argmax(const float* x, int64_t n) { return int32_t(std::max_element(x, x + n) - x); }
+
+void write_edited_checkpoint(const std::string& src_dir, const std::string& dst_dir, const std::string& config_json,
+                             const std::function<bool(EditedTensor&)>& edit, const std::vector<EditedTensor>& extra) {
+  fs::create_directories(dst_dir);
+  write_file(dst_dir + "/config.json", config_json);
+  auto src = TensorStore::open(src_dir + "/model.safetensors");
+  SafetensorsWriter::Options o;
+  o.fsync = false;
+  SafetensorsWriter w(dst_dir + "/model.safetensors", o);
+  auto put = [&](const EditedTensor& t) {
+    w.add(t.name, DType::F32, t.shape, t.data.data(), t.data.size() * sizeof(float));
+  };
+  for (auto& n : src.names()) {
+    const auto& t = src.get(n);
+    EditedTensor e{n, t.shape, floats_of(t)};
+    if (edit && !edit(e)) continue;
+    put(e);
+  }
+  for (auto& e : extra) put(e);
+  w.finish();
+}
+
+std::string patched_config(const std::string& src_dir, const std::string& patch_json) {
+  json c = parse_json_file(src_dir + "/config.json");
+  c.merge_patch(json::parse(patch_json));
+  return c.dump(2);
+}
 
 }  // namespace hxq::test

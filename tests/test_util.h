@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,21 @@ std::vector<float> floats_of(const TensorInfo& t);
 float max_abs_diff(const float* a, const float* b, size_t n);
 int32_t argmax(const float* x, int64_t n);
 void write_file(const std::string& path, const std::string& bytes);
+
+// A tensor of an edited checkpoint (float32).
+struct EditedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+// Writes dst_dir/config.json (`config_json`) and dst_dir/model.safetensors (all float32): every
+// tensor of src_dir/model.safetensors passed through `edit` (which may rename, reshape or change
+// it, or return false to drop it; null keeps all), then `extra`.
+void write_edited_checkpoint(const std::string& src_dir, const std::string& dst_dir, const std::string& config_json,
+                             const std::function<bool(EditedTensor&)>& edit,
+                             const std::vector<EditedTensor>& extra = {});
+// src_dir/config.json parsed, with `patch` (a JSON object) merged over it, as text.
+std::string patched_config(const std::string& src_dir, const std::string& patch_json);
 
 }  // namespace hxq::test
 

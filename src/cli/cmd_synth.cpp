@@ -19,8 +19,8 @@ void add_synth(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("synth", "Write a random-weight checkpoint with the shapes of a real model (for benchmarks)");
-  sub->add_option("--arch", o->s.arch, "Architecture: mamba2, llama or qwen2")->capture_default_str();
-  sub->add_option("--preset", o->s.preset, "mamba2: 130m, 370m, 780m, 1.3b, 2.7b; llama: tinyllama-1.1b; qwen2: qwen2.5-3b; each arch: tiny (tests)")->required();
+  sub->add_option("--arch", o->s.arch, "Architecture: mamba, mamba2, zamba2, llama or qwen2")->capture_default_str();
+  sub->add_option("--preset", o->s.preset, "mamba: 130m, 370m, 790m, 1.4b, 2.8b; mamba2: 130m, 370m, 780m, 1.3b, 2.7b; zamba2: 1.2b, 2.7b; llama: tinyllama-1.1b; qwen2: qwen2.5-3b; each arch: tiny (tests)")->required();
   sub->add_option("--dtype", o->dtype, "bf16 (default), f16 or f32")->check(CLI::IsMember({"bf16", "f16", "f32"}));
   sub->add_option("--seed", o->s.seed, "Random seed (default 1)");
   sub->add_option("--shard-gb", o->shard_gb, "Split into shards of at most this many GB (default: one file)")

@@ -144,6 +144,8 @@ std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<st
 bool is_default_linear(const std::string& name, const std::vector<int64_t>& shape, bool embeddings) {
   if (shape.size() != 2 || !ends_with(name, ".weight")) return false;
   if (name.find("norm") != std::string::npos) return false;
+  // Low-rank adapters (Zamba2's per-invocation LoRA, PEFT lora_A/lora_B) are small and stay exact.
+  if (name.find("adapter") != std::string::npos || name.find("lora") != std::string::npos) return false;
   if (is_embedding(name)) return embeddings;
   return true;
 }

@@ -12,6 +12,7 @@
 #include "core/threadpool.h"
 #include "kernels/membw.h"
 #include "models/transformer.h"
+#include "models/zamba2.h"
 
 namespace hxq {
 
@@ -50,9 +51,17 @@ DecodeBytes decode_bytes_per_token(const Model& model, const std::string& dir, i
   b.weights = model.decode_weight_bytes();
   b.context = std::max<int64_t>(0, context);
   const ModelSummary s = model.summary();
-  if (s.arch == "mamba2") {
+  if (s.arch == "mamba2" || s.arch == "mamba" || s.arch == "falcon_mamba") {
     // The whole recurrent state (SSM state and conv window) is read and rewritten every token.
     b.state = 2 * uint64_t(model.new_state()->bytes());
+  } else if (s.arch == "zamba2") {
+    // The recurrent state of every Mamba layer (a fresh state holds no K/V yet), and the K/V cache
+    // of every shared-block invocation as for a transformer.
+    const auto path = (std::filesystem::path(dir) / "config.json").string();
+    const Zamba2Config c = Zamba2Config::from_json(load_config(dir), path);
+    const uint64_t per_pos =
+        uint64_t(c.hybrid_ids.size()) * uint64_t(c.kv_heads) * uint64_t(c.head_dim) * 2 * sizeof(float);
+    b.state = 2 * uint64_t(model.new_state()->bytes()) + per_pos * uint64_t(b.context + 1) + per_pos;
   } else if (s.arch == "llama" || s.arch == "qwen2") {
     // Float32 K and V of every cached position are read (context + the new token); the new
     // token's K and V are written.

@@ -87,12 +87,34 @@ void scale_s(const float* x, float s, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = s * x[i];
 }
 
+void selective_scan_s(const ScanArgs& a, int64_t c0, int64_t c1) {
+  const int64_t C = a.C, N = a.N;
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t t = 0; t < a.T; ++t) {
+      const float raw = a.dt[t * a.lddt + c];
+      const float delta = raw > 20.0f ? raw : std::log1p(std::exp(raw));
+      const float xv = a.x[t * a.ldx + c];
+      const float* B = a.B + t * a.ldbc;
+      const float* Cm = a.Cm + t * a.ldbc;
+      float acc = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        float& s = a.S[n * C + c];
+        s = std::exp(delta * a.A[n * C + c]) * s + (delta * xv) * B[n];
+        acc += s * Cm[n];
+      }
+      float yv = acc + a.D[c] * xv;
+      if (a.z) yv *= silu(a.z[t * a.ldz + c]);
+      a.y[t * a.ldy + c] = yv;
+    }
+  }
+}
+
 }  // namespace
 
 const SsdKernels& ssd_kernels_scalar() {
   static const SsdKernels k{sumsq_s,     add_sumsq_s, scale_mul_s, gate_silu_sumsq_s, conv_step_s,
                             conv_rows_s, ssm_step_s,  decay_row_s, axpby_s,           mul_s,
-                            scale_s};
+                            scale_s,     selective_scan_s};
   return k;
 }
 
@@ -137,6 +159,8 @@ void ssm_step(float* S, int64_t P, int64_t N, const float* x, const float* B, co
 void decay_row(const float* cb, const float* cum, const float* dt, float ct, int64_t n, float* out) {
   active().decay_row(cb, cum, dt, ct, n, out);
 }
+
+void selective_scan(const ScanArgs& a, int64_t c0, int64_t c1) { active().selective_scan(a, c0, c1); }
 
 void axpby(float a, const float* x, float b, float* y, int64_t n) { active().axpby(a, x, b, y, n); }
 void mul(const float* x, const float* w, float* y, int64_t n) { active().mul(x, w, y, n); }

@@ -34,6 +34,30 @@ void ssm_step(float* S, int64_t P, int64_t N, const float* x, const float* B, co
 // ulp) wherever its result is a normal float; results below ~1e-38 may flush to 0.
 void decay_row(const float* cb, const float* cum, const float* dt, float ct, int64_t n, float* out);
 
+// Mamba1's selective scan of channels [c0, c1) of C over T steps, with a per-channel state of N
+// entries stored state-major, S [N][C] (channels contiguous: the kernels vectorise across them):
+//   δ = softplus(dt[t][c])                   (torch's softplus: x above 20 is returned as is)
+//   S[n][c] = exp(δ · A[n][c]) · S[n][c] + δ · x[t][c] · B[t][n]
+//   y[t][c] = (Σ_n S[n][c] · Cm[t][n] + D[c] · x[t][c]) · silu(z[t][c])     (no gate when z is null)
+// Row t of x, dt, z, B/Cm and y starts at t times its ld. Each channel's state stays in cache for
+// the whole sequence; channels are independent, so any split of [0, C) gives identical results.
+struct ScanArgs {
+  int64_t C = 0, N = 0, T = 0;
+  float* S = nullptr;
+  const float *A = nullptr, *D = nullptr;  // A [N][C], D [C]
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const float* dt = nullptr;
+  int64_t lddt = 0;
+  const float* z = nullptr;
+  int64_t ldz = 0;
+  const float *B = nullptr, *Cm = nullptr;
+  int64_t ldbc = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+void selective_scan(const ScanArgs& a, int64_t c0, int64_t c1);
+
 // y[i] = a · x[i] + b · y[i]
 void axpby(float a, const float* x, float b, float* y, int64_t n);
 // y[i] = x[i] · w[i]
@@ -58,6 +82,7 @@ struct SsdKernels {
   void (*axpby)(float, const float*, float, float*, int64_t);
   void (*mul)(const float*, const float*, float*, int64_t);
   void (*scale)(const float*, float, float*, int64_t);
+  void (*selective_scan)(const ScanArgs&, int64_t, int64_t);
 };
 
 const SsdKernels& ssd_kernels_scalar();

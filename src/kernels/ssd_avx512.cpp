@@ -27,6 +27,8 @@ struct Avx512 {
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float hsum(V a) { return _mm512_reduce_add_ps(a); }
   // exp(x) = 2^k · exp(f), k = round(x / ln2), f = x − k ln2 (ln2 in two parts, |f| <= ln2/2),
   // exp(f) by its Taylor polynomial of degree 7 (remainder < 6e-9 relative); scalef applies 2^k

@@ -9,143 +9,52 @@
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
 #include "kernels/ssd.h"
+#include "models/blocks.h"
 #include "models/weights.h"
 
 namespace hxq {
 
 namespace {
 
-inline float softplus(float x) {  // torch.nn.functional.softplus, beta=1, threshold=20
-  return x > 20.0f ? x : std::log1p(std::exp(x));
-}
-
-// Parallel loops over rows take at least this many floats of work per task: below ~16K floats
-// (a few µs) handing work to another thread costs about what it saves.
-constexpr int64_t kMinTaskFloats = int64_t(1) << 14;
-inline int64_t row_grain(int64_t row_floats) {
-  return std::max<int64_t>(1, kMinTaskFloats / std::max<int64_t>(1, row_floats));
-}
-
 // Chunk length of the prefill scan (at most the config's chunk_size; the result does not depend
 // on it beyond rounding). The intra-chunk product costs T·chunk·head_dim per head, the rest of the
 // scan T·d_state·head_dim: 128 measured ~5% faster prefill than 256 (synthetic 370m, 512 tokens).
 constexpr int64_t kScanChunk = 128;
 
-// v.data() with at least n elements (grows, never shrinks: no allocation once warm).
-inline float* grow(std::vector<float>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
-
-// For each row r of h [T, n]: h[r] += add[r] (when add is not null), then
-// y[r] = w ⊙ h[r] / sqrt(mean(h[r]²) + eps) — the residual add fused with the next RMSNorm.
-void add_rmsnorm_rows(float* h, const float* add, int64_t T, int64_t n, const float* w, double eps, float* y) {
-  pool().parallel_for(T, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; ++t) {
-      float* hr = h + t * n;
-      const float ss = add ? ssd::add_sumsq(hr, add + t * n, n) : ssd::sumsq(hr, n);
-      const float inv = 1.0f / std::sqrt(ss / float(n) + float(eps));
-      ssd::scale_mul(hr, w, inv, n, y + t * n);
-    }
-  }, row_grain(n));
-}
-
-struct Layer {
-  std::vector<float> norm_w;  // [d_model]
-  Linear in_proj, out_proj;
-  std::vector<float> conv_w;  // [conv_dim, d_conv]
-  std::vector<float> conv_wt;  // [d_conv, conv_dim]: conv_w tap-major, for the vectorised conv
-  std::vector<float> conv_b;  // [conv_dim] (zeros without bias)
-  std::vector<float> A;       // -exp(A_log) [n_heads]
-  std::vector<float> D, dt_bias;
-  std::vector<float> gnorm_w;  // [d_inner]
-};
-
-std::vector<float> transpose_taps(const std::vector<float>& w, int64_t C, int64_t K) {
-  std::vector<float> t(w.size());
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t j = 0; j < K; ++j) t[size_t(j * C + c)] = w[size_t(c * K + j)];
-  return t;
-}
-
-// Buffers of one forward pass, kept in the state so that decoding allocates nothing once warm.
-struct Scratch {
-  std::vector<float> h, xn, out, logits;  // residual stream, normed input, block output, padded logits
-  std::vector<float> zxbcdt, xbc, dt, y, conv_tail;
-  std::vector<float> cb, bt, cc;  // per (group, chunk) of the scan: C·Bᵀ [L][L], Bᵀ [N][L], C [L][N]
-  struct Share {                  // per pool share: one head's chunk at a time
-    std::vector<float> a, w, xw, y, ds, cum, dtc, wts, bc;
-  };
-  std::vector<Share> share;
-};
-
 class Mamba2State final : public ModelState {
  public:
-  Mamba2State(const Mamba2Config& c)
-      : conv_stride(c.d_conv - 1),
-        conv(size_t(c.n_layer * (c.d_conv - 1) * c.conv_dim()), 0.0f),
-        ssm(size_t(c.n_layer * c.n_heads * c.head_dim * c.d_state), 0.0f) {}
+  explicit Mamba2State(const Mamba2Config& c) : cache(c) {}
   void reset() override {
-    std::fill(conv.begin(), conv.end(), 0.0f);
-    std::fill(ssm.begin(), ssm.end(), 0.0f);
+    cache.reset();
     pos = 0;
   }
   int64_t position() const override { return pos; }
-  size_t bytes() const override { return (conv.size() + ssm.size()) * sizeof(float); }
+  size_t bytes() const override { return cache.bytes(); }
 
-  int64_t conv_stride;
-  std::vector<float> conv;  // [layer][d_conv-1][conv_dim]: the last inputs of the conv, oldest first
-  std::vector<float> ssm;   // [layer][head][head_dim][d_state]
+  Mamba2Cache cache;
   int64_t pos = 0;
-  Scratch scratch;  // not part of the state proper (bytes() does not count it)
+  // Buffers (not part of the state proper: bytes() does not count them).
+  std::vector<float> h, xn, out, logits;  // residual stream, normed input, block output, padded logits
+  Mamba2Scratch scratch;
+};
+
+struct Layer {
+  std::vector<float> norm_w;  // [d_model]
+  Mamba2Mixer mixer;
 };
 
 class Mamba2Model final : public Model {
  public:
   Mamba2Model(const std::string& dir, Mamba2Config cfg) : cfg_(std::move(cfg)), store_(TensorStore::open(dir)) {
     const auto& c = cfg_;
-    const std::string loc = store_.location();
-    auto present = [&](const std::string& m) { return store_.contains(m + ".weight") || is_hxq_module(store_, m); };
-    // transformers names it backbone.embeddings, mamba_ssm and helix-substrate backbone.embedding
-    const std::string emb = present("backbone.embeddings") ? "backbone.embeddings" : "backbone.embedding";
-    if (!present(emb)) fail("{}: missing tensor 'backbone.embeddings.weight' (or 'backbone.embedding.weight')", loc);
-    embedding_ = load_linear(store_, emb);
-    if (embedding_.out_features() < c.vocab || embedding_.in_features() != c.d_model)
-      fail("{}: embedding shape [{}, {}] does not match vocab_size {} / hidden_size {}", loc,
-           embedding_.out_features(), embedding_.in_features(), c.vocab, c.d_model);
-    const bool has_head = present("lm_head");
-    if (has_head) {
-      lm_head_ = load_linear(store_, "lm_head");
-      separate_head_ = true;
-      if (lm_head_.in_features() != c.d_model || lm_head_.out_features() < c.vocab)
-        fail("{}: lm_head shape [{}, {}] does not match vocab_size {} / hidden_size {}", loc,
-             lm_head_.out_features(), lm_head_.in_features(), c.vocab, c.d_model);
-    } else if (!c.tie_embeddings) {
-      fail("{}: config says tie_word_embeddings=false but there is no lm_head.weight", loc);
-    }
+    io_ = EmbeddingHead::load(store_, {"backbone.embeddings", "backbone.embedding"}, c.vocab, c.d_model,
+                              c.tie_embeddings, EmbeddingHead::kStoredHeadWins);
     norm_f_ = load_vector(store_, "backbone.norm_f.weight", c.d_model);
     for (int64_t i = 0; i < c.n_layer; ++i) {
       const std::string p = "backbone.layers." + std::to_string(i) + ".";
       Layer L;
       L.norm_w = load_vector(store_, p + "norm.weight", c.d_model);
-      L.in_proj = load_linear(store_, p + "mixer.in_proj", c.proj_bias);
-      L.out_proj = load_linear(store_, p + "mixer.out_proj", c.proj_bias);
-      check_linear(L.in_proj, p + "mixer.in_proj", c.in_proj_dim(), c.d_model);
-      check_linear(L.out_proj, p + "mixer.out_proj", c.d_model, c.d_inner);
-      const auto& cw = store_.get(p + "mixer.conv1d.weight");
-      if (cw.numel() != c.conv_dim() * c.d_conv || cw.shape.empty() || cw.shape[0] != c.conv_dim())
-        fail("{}: tensor '{}' has shape {}, expected [{}, 1, {}]", cw.file, cw.name, cw.shape_str(), c.conv_dim(),
-             c.d_conv);
-      L.conv_w = load_vector(store_, p + "mixer.conv1d.weight", c.conv_dim() * c.d_conv);
-      L.conv_wt = transpose_taps(L.conv_w, c.conv_dim(), c.d_conv);
-      L.conv_b = c.conv_bias ? load_vector(store_, p + "mixer.conv1d.bias", c.conv_dim())
-                             : std::vector<float>(size_t(c.conv_dim()), 0.0f);
-      auto a_log = load_vector(store_, p + "mixer.A_log", c.n_heads);
-      L.A.resize(a_log.size());
-      for (size_t h = 0; h < a_log.size(); ++h) L.A[h] = -std::exp(a_log[h]);
-      L.D = load_vector(store_, p + "mixer.D", c.n_heads);
-      L.dt_bias = load_vector(store_, p + "mixer.dt_bias", c.n_heads);
-      L.gnorm_w = load_vector(store_, p + "mixer.norm.weight", c.d_inner);
+      L.mixer = Mamba2Mixer::load(store_, p + "mixer.", c);
       layers_.push_back(std::move(L));
     }
   }
@@ -157,24 +66,18 @@ class Mamba2Model final : public Model {
     s.hidden = cfg_.d_model;
     s.vocab = cfg_.vocab;
     s.weight_bytes = store_.total_bytes();
-    auto count = [&](const Linear& l) {
-      s.params += l.in_features() * l.out_features();
-      if (l.compressed()) s.hxq_modules++;
-    };
-    count(embedding_);
-    if (separate_head_) count(lm_head_);
+    io_.count(s);
     for (auto& L : layers_) {
-      count(L.in_proj);
-      count(L.out_proj);
-      s.params += int64_t(L.norm_w.size() + L.conv_w.size() + L.conv_b.size() + 3 * L.A.size() + L.gnorm_w.size());
+      s.params += L.mixer.params() + int64_t(L.norm_w.size());
+      s.hxq_modules += int64_t(L.mixer.in_proj.compressed()) + int64_t(L.mixer.out_proj.compressed());
     }
     s.params += cfg_.d_model;
     return s;
   }
 
   uint64_t decode_weight_bytes() const override {
-    uint64_t b = head().weight_bytes();
-    for (auto& L : layers_) b += L.in_proj.weight_bytes() + L.out_proj.weight_bytes();
+    uint64_t b = io_.head().weight_bytes();
+    for (auto& L : layers_) b += L.mixer.weight_bytes();
     return b;
   }
 
@@ -187,18 +90,13 @@ class Mamba2Model final : public Model {
     const int64_t T = int64_t(ids.size()), d = c.d_model;
     if (T == 0) return;
     if (logits && (logits_from < 0 || logits_from > T)) fail("forward: logits_from {} outside [0, {}]", logits_from, T);
-    Scratch& s = st.scratch;
-    float* h = grow(s.h, T * d);
-    float* xn = grow(s.xn, T * d);
-    float* out = grow(s.out, T * d);
-    for (int64_t t = 0; t < T; ++t) {
-      int32_t id = ids[size_t(t)];
-      if (id < 0 || id >= c.vocab) fail("token id {} outside the vocabulary [0, {})", id, c.vocab);
-      embedding_.row(id, h + t * d);
-    }
+    float* h = grow(st.h, T * d);
+    float* xn = grow(st.xn, T * d);
+    float* out = grow(st.out, T * d);
+    io_.embed(ids, c.vocab, h);
     add_rmsnorm_rows(h, nullptr, T, d, layers_[0].norm_w.data(), c.norm_eps, xn);
     for (int64_t li = 0; li < c.n_layer; ++li) {
-      mixer(layers_[size_t(li)], li, st, xn, T, out, s);
+      layers_[size_t(li)].mixer.forward(c, st.cache.conv_at(li), st.cache.ssm_at(li), xn, T, out, st.scratch);
       // h += out, then the next layer's norm (or the final norm) of h into xn.
       const float* next_w = li + 1 < c.n_layer ? layers_[size_t(li + 1)].norm_w.data() : norm_f_.data();
       add_rmsnorm_rows(h, out, T, d, next_w, c.norm_eps, xn);
@@ -206,191 +104,186 @@ class Mamba2Model final : public Model {
     }
     if (trace) trace->hidden_states.emplace_back(xn, xn + T * d);
     st.pos += T;
-    if (logits && logits_from < T) {
-      const Linear& head_l = head();
-      const int64_t rows = T - logits_from;
-      if (head_l.out_features() == c.vocab) {
-        head_l.forward(xn + logits_from * d, rows, logits);
-      } else {  // padded embedding rows beyond vocab_size: compute all, keep the first vocab
-        float* full = grow(s.logits, rows * head_l.out_features());
-        head_l.forward(xn + logits_from * d, rows, full);
-        for (int64_t r = 0; r < rows; ++r)
-          std::copy_n(full + r * head_l.out_features(), c.vocab, logits + r * c.vocab);
-      }
-    }
+    if (logits && logits_from < T) head_logits(io_.head(), xn + logits_from * d, T - logits_from, c.vocab, logits, st.logits);
   }
 
  private:
-  const Linear& head() const { return separate_head_ ? lm_head_ : embedding_; }
-
-  void check_linear(const Linear& l, const std::string& m, int64_t out, int64_t in) const {
-    if (l.out_features() != out || l.in_features() != in)
-      fail("{}: '{}' has shape [{}, {}], expected [{}, {}] from config.json", store_.location(), m, l.out_features(),
-           l.in_features(), out, in);
-  }
-
-  void mixer(const Layer& L, int64_t li, Mamba2State& st, const float* xn, int64_t T, float* out, Scratch& s) const {
-    const auto& c = cfg_;
-    const int64_t P = c.in_proj_dim(), CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads, K = c.d_conv;
-    float* zxbcdt = grow(s.zxbcdt, T * P);
-    L.in_proj.forward(xn, T, zxbcdt);
-
-    // Causal depthwise conv over xBC (with the previous K-1 inputs from the state), then SiLU.
-    float* xbc = grow(s.xbc, T * CD);
-    float* cstate = st.conv.data() + li * (K - 1) * CD;
-    if (T == 1) {
-      ssd::conv_step(zxbcdt + DI, cstate, L.conv_wt.data(), L.conv_b.data(), CD, K, xbc);
-    } else {
-      pool().parallel_for(T, [&](int64_t t0, int64_t t1, int) {
-        ssd::conv_rows(zxbcdt + DI, P, cstate, L.conv_wt.data(), L.conv_b.data(), CD, K, t0, t1, xbc, CD);
-      }, row_grain(CD * K));
-      // The new window: the last K-1 inputs (partly the old window when T < K-1).
-      float* tail = grow(s.conv_tail, (K - 1) * CD);
-      for (int64_t j = 0; j < K - 1; ++j) {
-        const int64_t src = T - (K - 1) + j;
-        std::copy_n(src < 0 ? cstate + (K - 1 + src) * CD : zxbcdt + src * P + DI, CD, tail + j * CD);
-      }
-      std::copy_n(tail, (K - 1) * CD, cstate);
-    }
-
-    // dt = clamp(softplus(dt_raw + dt_bias), time_step_limit)
-    float* dt = grow(s.dt, T * H);
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t hh = 0; hh < H; ++hh) {
-        float v = softplus(zxbcdt[t * P + DI + CD + hh] + L.dt_bias[size_t(hh)]);
-        dt[t * H + hh] = float(std::clamp(double(v), c.dt_min, c.dt_max));
-      }
-
-    float* y = grow(s.y, T * DI);
-    ssd(L, li, st, T, s);
-
-    // Gated RMSNorm: y * silu(z), normalised over d_inner (or per group), times its weight.
-    const int64_t gsize = c.grouped_norm ? DI / c.n_groups : DI;
-    pool().parallel_for(T, [&](int64_t t0, int64_t t1, int) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* yr = y + t * DI;
-        const float* z = zxbcdt + t * P;
-        for (int64_t g0 = 0; g0 < DI; g0 += gsize) {
-          const float ss = ssd::gate_silu_sumsq(yr + g0, z + g0, gsize);
-          const float inv = 1.0f / std::sqrt(ss / float(gsize) + float(c.norm_eps));
-          ssd::scale_mul(yr + g0, L.gnorm_w.data() + g0, inv, gsize, yr + g0);
-        }
-      }
-    }, row_grain(DI));
-    L.out_proj.forward(y, T, out);
-  }
-
-  // State-space dual (chunked) scan for every head; writes s.y = SSM output + D skip.
-  // Per chunk of L tokens (cum = inclusive cumsum of dt·A within the chunk):
-  //   Y    = exp(cum) ⊙ (C · Sᵀ)                       contribution of the state entering the chunk
-  //        + ((C · Bᵀ) ⊙ exp(cum[t] − cum[u]) ⊙ dt[u] ⊙ [u ≤ t]) · X      within the chunk
-  //   S    = exp(cum[L−1]) S + (X ⊙ exp(cum[L−1] − cum) dt)ᵀ · B
-  // as matrix products (the recurrent step for single tokens). Both terms of Y come from one
-  // product: [M | exp(cum) ⊙ C] · [X | S]ᵀ with M the masked decay matrix.
-  void ssd(const Layer& L, int64_t li, Mamba2State& st, int64_t T, Scratch& s) const {
-    const auto& c = cfg_;
-    const int64_t CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads, HD = c.head_dim, N = c.d_state;
-    const int64_t G = c.n_groups, heads_per_group = H / G, CS = std::min<int64_t>(kScanChunk, std::max<int64_t>(1, c.chunk_size));
-    float* ssm = st.ssm.data() + li * H * HD * N;
-    const float* xbc = s.xbc.data();
-    const float* dt = s.dt.data();
-    float* y = s.y.data();
-    if (T == 1) {  // decode: S = exp(dt A) S + dt x ⊗ B;  y = S · C + D x
-      // At least 64 KiB of state per task: less is not worth a second thread.
-      const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / (HD * N * int64_t(sizeof(float))));
-      pool().parallel_for(H, [&](int64_t h0, int64_t h1, int) {
-        for (int64_t hh = h0; hh < h1; ++hh) {
-          const int64_t g = hh / heads_per_group;
-          const float dth = dt[hh], decay = std::exp(dth * L.A[size_t(hh)]);
-          ssd::ssm_step(ssm + hh * HD * N, HD, N, xbc + hh * HD, xbc + DI + g * N, xbc + DI + G * N + g * N, dth, decay,
-                        L.D[size_t(hh)], y + hh * HD);
-        }
-      }, grain);
-      return;
-    }
-    const int64_t nchunks = (T + CS - 1) / CS;
-    // Per (group, chunk), shared by the heads of the group: C·Bᵀ, Bᵀ and C.
-    float* cb = grow(s.cb, G * nchunks * CS * CS);
-    float* bt = grow(s.bt, G * nchunks * N * CS);
-    float* cc = grow(s.cc, G * nchunks * CS * N);
-    s.share.resize(std::max<size_t>(s.share.size(), size_t(pool().size())));
-    pool().parallel_for(G * nchunks, [&](int64_t j0, int64_t j1, int share) {
-      float* Bc = grow(s.share[size_t(share)].bc, CS * N);
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t g = j / nchunks, c0 = (j % nchunks) * CS, Lc = std::min(CS, T - c0);
-        float* Bt = bt + j * N * CS;
-        float* Cc = cc + j * CS * N;
-        for (int64_t t = 0; t < Lc; ++t) {
-          const float* row = xbc + (c0 + t) * CD;
-          std::copy_n(row + DI + g * N, N, Bc + t * N);
-          std::copy_n(row + DI + G * N + g * N, N, Cc + t * N);
-          for (int64_t k = 0; k < N; ++k) Bt[k * Lc + t] = row[DI + g * N + k];
-        }
-        gemm_dense(Cc, Lc, N, Bc, DType::F32, Lc, cb + j * CS * CS);
-      }
-    });
-    pool().parallel_for(H, [&](int64_t h0, int64_t h1, int share) {
-      Scratch::Share& w = s.share[size_t(share)];
-      const int64_t KC = CS + N;
-      float* A = grow(w.a, CS * KC);  // [Lc][Lc + N]: [M | exp(cum) ⊙ C]
-      float* Wc = grow(w.w, HD * KC);  // [HD][Lc + N]: [Xᵀ | S]
-      float* Xw = grow(w.xw, HD * CS);
-      float* Y = grow(w.y, CS * HD);
-      float* dS = grow(w.ds, HD * N);
-      float* cum = grow(w.cum, CS);
-      float* dtc = grow(w.dtc, CS);
-      float* wts = grow(w.wts, CS);
-      for (int64_t hh = h0; hh < h1; ++hh) {
-        const int64_t g = hh / heads_per_group;
-        const float Ah = L.A[size_t(hh)], Dh = L.D[size_t(hh)];
-        float* S = ssm + hh * HD * N;  // [HD][N]
-        for (int64_t ci = 0; ci < nchunks; ++ci) {
-          const int64_t c0 = ci * CS, Lc = std::min(CS, T - c0), kc = Lc + N, j = g * nchunks + ci;
-          float acc = 0;
-          for (int64_t t = 0; t < Lc; ++t) {
-            dtc[t] = dt[(c0 + t) * H + hh];
-            acc += dtc[t] * Ah;
-            cum[t] = acc;
-          }
-          for (int64_t t = 0; t < Lc; ++t) {
-            const float* xr = xbc + (c0 + t) * CD + hh * HD;
-            for (int64_t p = 0; p < HD; ++p) Wc[p * kc + t] = xr[p];
-          }
-          for (int64_t p = 0; p < HD; ++p) std::copy_n(S + p * N, N, Wc + p * kc + Lc);
-          const float* cbj = cb + j * CS * CS;
-          const float* Cc = cc + j * CS * N;
-          for (int64_t t = 0; t < Lc; ++t) {
-            float* ar = A + t * kc;
-            ssd::decay_row(cbj + t * Lc, cum, dtc, cum[t], t + 1, ar);
-            std::fill(ar + t + 1, ar + Lc, 0.0f);
-            ssd::scale(Cc + t * N, std::exp(cum[t]), ar + Lc, N);
-          }
-          gemm_dense(A, Lc, kc, Wc, DType::F32, HD, Y);  // [Lc, HD]
-          for (int64_t t = 0; t < Lc; ++t) {
-            float* yo = y + (c0 + t) * DI + hh * HD;
-            std::copy_n(Y + t * HD, HD, yo);
-            ssd::axpby(Dh, xbc + (c0 + t) * CD + hh * HD, 1.0f, yo, HD);
-          }
-          // S = exp(cum[L-1]) S + (X ⊙ w)ᵀ · B with w[u] = exp(cum[L-1] - cum[u]) dt[u]
-          const float last = cum[Lc - 1];
-          ssd::decay_row(nullptr, cum, dtc, last, Lc, wts);
-          for (int64_t p = 0; p < HD; ++p) ssd::mul(Wc + p * kc, wts, Xw + p * Lc, Lc);
-          gemm_dense(Xw, HD, Lc, bt + j * N * CS, DType::F32, N, dS);  // [HD, N]
-          ssd::axpby(1.0f, dS, std::exp(last), S, HD * N);
-        }
-      }
-    });
-  }
-
   Mamba2Config cfg_;
   TensorStore store_;
-  Linear embedding_, lm_head_;
-  bool separate_head_ = false;
+  EmbeddingHead io_;
   std::vector<float> norm_f_;
   std::vector<Layer> layers_;
 };
 
+void check_linear(const TensorStore& store, const Linear& l, const std::string& m, int64_t out, int64_t in) {
+  if (l.out_features() != out || l.in_features() != in)
+    fail("{}: '{}' has shape [{}, {}], expected [{}, {}] from config.json", store.location(), m, l.out_features(),
+         l.in_features(), out, in);
+}
+
 }  // namespace
+
+Mamba2Mixer Mamba2Mixer::load(const TensorStore& store, const std::string& p, const Mamba2Config& c) {
+  Mamba2Mixer L;
+  L.in_proj = load_linear(store, p + "in_proj", c.proj_bias);
+  L.out_proj = load_linear(store, p + "out_proj", c.proj_bias);
+  check_linear(store, L.in_proj, p + "in_proj", c.in_proj_dim(), c.d_model);
+  check_linear(store, L.out_proj, p + "out_proj", c.d_model, c.d_inner);
+  L.conv_w = load_conv_weight(store, p + "conv1d.weight", c.conv_dim(), c.d_conv);
+  L.conv_wt = transpose_taps(L.conv_w, c.conv_dim(), c.d_conv);
+  L.conv_b = c.conv_bias ? load_vector(store, p + "conv1d.bias", c.conv_dim())
+                         : std::vector<float>(size_t(c.conv_dim()), 0.0f);
+  auto a_log = load_vector(store, p + "A_log", c.n_heads);
+  L.A.resize(a_log.size());
+  for (size_t h = 0; h < a_log.size(); ++h) L.A[h] = -std::exp(a_log[h]);
+  L.D = load_vector(store, p + "D", c.n_heads);
+  L.dt_bias = load_vector(store, p + "dt_bias", c.n_heads);
+  L.gnorm_w = load_vector(store, p + "norm.weight", c.d_inner);
+  return L;
+}
+
+int64_t Mamba2Mixer::params() const {
+  return in_proj.in_features() * in_proj.out_features() + out_proj.in_features() * out_proj.out_features() +
+         int64_t(conv_w.size() + conv_b.size() + 3 * A.size() + gnorm_w.size());
+}
+
+void Mamba2Mixer::forward(const Mamba2Config& c, float* cstate, float* ssm_state, const float* xn, int64_t T,
+                          float* out, Mamba2Scratch& s) const {
+  const int64_t P = c.in_proj_dim(), CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads;
+  float* zxbcdt = grow(s.zxbcdt, T * P);
+  in_proj.forward(xn, T, zxbcdt);
+
+  // Causal depthwise conv over xBC (with the previous K-1 inputs from the state), then SiLU.
+  float* xbc = grow(s.xbc, T * CD);
+  causal_conv_silu(zxbcdt + DI, P, T, cstate, conv_wt.data(), conv_b.data(), CD, c.d_conv, xbc, s.conv_tail);
+
+  // dt = clamp(softplus(dt_raw + dt_bias), time_step_limit)
+  float* dt = grow(s.dt, T * H);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t hh = 0; hh < H; ++hh) {
+      float v = softplus(zxbcdt[t * P + DI + CD + hh] + dt_bias[size_t(hh)]);
+      dt[t * H + hh] = float(std::clamp(double(v), c.dt_min, c.dt_max));
+    }
+
+  float* y = grow(s.y, T * DI);
+  scan(c, ssm_state, T, s);
+
+  // Gated RMSNorm: y * silu(z), normalised over d_inner (or per group), times its weight.
+  const int64_t gsize = c.grouped_norm ? DI / c.n_groups : DI;
+  pool().parallel_for(T, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* yr = y + t * DI;
+      const float* z = zxbcdt + t * P;
+      for (int64_t g0 = 0; g0 < DI; g0 += gsize) {
+        const float ss = ssd::gate_silu_sumsq(yr + g0, z + g0, gsize);
+        const float inv = 1.0f / std::sqrt(ss / float(gsize) + float(c.gnorm_eps));
+        ssd::scale_mul(yr + g0, gnorm_w.data() + g0, inv, gsize, yr + g0);
+      }
+    }
+  }, row_grain(DI));
+  out_proj.forward(y, T, out);
+}
+
+// State-space dual (chunked) scan for every head; writes s.y = SSM output + D skip.
+// Per chunk of L tokens (cum = inclusive cumsum of dt·A within the chunk):
+//   Y    = exp(cum) ⊙ (C · Sᵀ)                       contribution of the state entering the chunk
+//        + ((C · Bᵀ) ⊙ exp(cum[t] − cum[u]) ⊙ dt[u] ⊙ [u ≤ t]) · X      within the chunk
+//   S    = exp(cum[L−1]) S + (X ⊙ exp(cum[L−1] − cum) dt)ᵀ · B
+// as matrix products (the recurrent step for single tokens). Both terms of Y come from one
+// product: [M | exp(cum) ⊙ C] · [X | S]ᵀ with M the masked decay matrix.
+void Mamba2Mixer::scan(const Mamba2Config& c, float* ssm, int64_t T, Mamba2Scratch& s) const {
+  const Mamba2Mixer& L = *this;
+  const int64_t CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads, HD = c.head_dim, N = c.d_state;
+  const int64_t G = c.n_groups, heads_per_group = H / G, CS = std::min<int64_t>(kScanChunk, std::max<int64_t>(1, c.chunk_size));
+  const float* xbc = s.xbc.data();
+  const float* dt = s.dt.data();
+  float* y = s.y.data();
+  if (T == 1) {  // decode: S = exp(dt A) S + dt x ⊗ B;  y = S · C + D x
+    // At least 64 KiB of state per task: less is not worth a second thread.
+    const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / (HD * N * int64_t(sizeof(float))));
+    pool().parallel_for(H, [&](int64_t h0, int64_t h1, int) {
+      for (int64_t hh = h0; hh < h1; ++hh) {
+        const int64_t g = hh / heads_per_group;
+        const float dth = dt[hh], decay = std::exp(dth * L.A[size_t(hh)]);
+        ssd::ssm_step(ssm + hh * HD * N, HD, N, xbc + hh * HD, xbc + DI + g * N, xbc + DI + G * N + g * N, dth, decay,
+                      L.D[size_t(hh)], y + hh * HD);
+      }
+    }, grain);
+    return;
+  }
+  const int64_t nchunks = (T + CS - 1) / CS;
+  // Per (group, chunk), shared by the heads of the group: C·Bᵀ, Bᵀ and C.
+  float* cb = grow(s.cb, G * nchunks * CS * CS);
+  float* bt = grow(s.bt, G * nchunks * N * CS);
+  float* cc = grow(s.cc, G * nchunks * CS * N);
+  s.share.resize(std::max<size_t>(s.share.size(), size_t(pool().size())));
+  pool().parallel_for(G * nchunks, [&](int64_t j0, int64_t j1, int share) {
+    float* Bc = grow(s.share[size_t(share)].bc, CS * N);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t g = j / nchunks, c0 = (j % nchunks) * CS, Lc = std::min(CS, T - c0);
+      float* Bt = bt + j * N * CS;
+      float* Cc = cc + j * CS * N;
+      for (int64_t t = 0; t < Lc; ++t) {
+        const float* row = xbc + (c0 + t) * CD;
+        std::copy_n(row + DI + g * N, N, Bc + t * N);
+        std::copy_n(row + DI + G * N + g * N, N, Cc + t * N);
+        for (int64_t k = 0; k < N; ++k) Bt[k * Lc + t] = row[DI + g * N + k];
+      }
+      gemm_dense(Cc, Lc, N, Bc, DType::F32, Lc, cb + j * CS * CS);
+    }
+  });
+  pool().parallel_for(H, [&](int64_t h0, int64_t h1, int share) {
+    Mamba2Scratch::Share& w = s.share[size_t(share)];
+    const int64_t KC = CS + N;
+    float* A = grow(w.a, CS * KC);  // [Lc][Lc + N]: [M | exp(cum) ⊙ C]
+    float* Wc = grow(w.w, HD * KC);  // [HD][Lc + N]: [Xᵀ | S]
+    float* Xw = grow(w.xw, HD * CS);
+    float* Y = grow(w.y, CS * HD);
+    float* dS = grow(w.ds, HD * N);
+    float* cum = grow(w.cum, CS);
+    float* dtc = grow(w.dtc, CS);
+    float* wts = grow(w.wts, CS);
+    for (int64_t hh = h0; hh < h1; ++hh) {
+      const int64_t g = hh / heads_per_group;
+      const float Ah = L.A[size_t(hh)], Dh = L.D[size_t(hh)];
+      float* S = ssm + hh * HD * N;  // [HD][N]
+      for (int64_t ci = 0; ci < nchunks; ++ci) {
+        const int64_t c0 = ci * CS, Lc = std::min(CS, T - c0), kc = Lc + N, j = g * nchunks + ci;
+        float acc = 0;
+        for (int64_t t = 0; t < Lc; ++t) {
+          dtc[t] = dt[(c0 + t) * H + hh];
+          acc += dtc[t] * Ah;
+          cum[t] = acc;
+        }
+        for (int64_t t = 0; t < Lc; ++t) {
+          const float* xr = xbc + (c0 + t) * CD + hh * HD;
+          for (int64_t p = 0; p < HD; ++p) Wc[p * kc + t] = xr[p];
+        }
+        for (int64_t p = 0; p < HD; ++p) std::copy_n(S + p * N, N, Wc + p * kc + Lc);
+        const float* cbj = cb + j * CS * CS;
+        const float* Cc = cc + j * CS * N;
+        for (int64_t t = 0; t < Lc; ++t) {
+          float* ar = A + t * kc;
+          ssd::decay_row(cbj + t * Lc, cum, dtc, cum[t], t + 1, ar);
+          std::fill(ar + t + 1, ar + Lc, 0.0f);
+          ssd::scale(Cc + t * N, std::exp(cum[t]), ar + Lc, N);
+        }
+        gemm_dense(A, Lc, kc, Wc, DType::F32, HD, Y);  // [Lc, HD]
+        for (int64_t t = 0; t < Lc; ++t) {
+          float* yo = y + (c0 + t) * DI + hh * HD;
+          std::copy_n(Y + t * HD, HD, yo);
+          ssd::axpby(Dh, xbc + (c0 + t) * CD + hh * HD, 1.0f, yo, HD);
+        }
+        // S = exp(cum[L-1]) S + (X ⊙ w)ᵀ · B with w[u] = exp(cum[L-1] - cum[u]) dt[u]
+        const float last = cum[Lc - 1];
+        ssd::decay_row(nullptr, cum, dtc, last, Lc, wts);
+        for (int64_t p = 0; p < HD; ++p) ssd::mul(Wc + p * kc, wts, Xw + p * Lc, Lc);
+        gemm_dense(Xw, HD, Lc, bt + j * N * CS, DType::F32, N, dS);  // [HD, N]
+        ssd::axpby(1.0f, dS, std::exp(last), S, HD * N);
+      }
+    }
+  });
+}
 
 Mamba2Config Mamba2Config::from_json(const json& j, const std::string& path) {
   Mamba2Config c;
@@ -453,6 +346,13 @@ Mamba2Config Mamba2Config::from_json(const json& j, const std::string& path) {
       fail("{}: rms_norm=false (LayerNorm Mamba2) is not supported", path);
     c.grouped_norm = false;
   }
+  c.gnorm_eps = c.norm_eps;
+  c.validate(path);
+  return c;
+}
+
+void Mamba2Config::validate(const std::string& path) const {
+  const Mamba2Config& c = *this;
   auto positive = [&](int64_t v, const char* what) {
     if (v <= 0 || v > (int64_t(1) << 24)) fail("{}: {} = {} is out of range", path, what, v);
   };
@@ -470,7 +370,6 @@ Mamba2Config Mamba2Config::from_json(const json& j, const std::string& path) {
   if (c.n_heads % c.n_groups) fail("{}: num_heads {} is not a multiple of n_groups {}", path, c.n_heads, c.n_groups);
   if (c.d_inner % c.n_groups) fail("{}: d_inner {} is not a multiple of n_groups {}", path, c.d_inner, c.n_groups);
   if (!(c.dt_min <= c.dt_max)) fail("{}: time_step_limit min {} > max {}", path, c.dt_min, c.dt_max);
-  return c;
 }
 
 std::unique_ptr<Model> load_mamba2(const std::string& dir, const json& cfg, const LoadOptions& opt) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "core/error.h"
 #include "core/output.h"
@@ -21,6 +22,32 @@ struct Mamba2Shape {
 };
 constexpr Mamba2Shape kMamba2[] = {
     {"tiny", 64, 2}, {"130m", 768, 24}, {"370m", 1024, 48}, {"780m", 1536, 48}, {"1.3b", 2048, 48}, {"2.7b", 2560, 64}};
+
+// state-spaces' Mamba (v1) releases (mamba-130m ... mamba-2.8b): d_state 16, expand 2, d_conv 4,
+// dt_rank = ceil(d_model / 16), vocab 50277 padded to 50280.
+constexpr Mamba2Shape kMamba1[] = {
+    {"tiny", 64, 2}, {"130m", 768, 24}, {"370m", 1024, 48}, {"790m", 1536, 48}, {"1.4b", 2048, 48}, {"2.8b", 2560, 64}};
+
+// Zyphra's Zamba2 releases. 2.7b: Zyphra/Zamba2 config.json (54 layers, hidden 2560, state 64,
+// 2 shared blocks, LoRA rank 128, 32 heads, vocab 32000, hybrid layers as transformers' default
+// layers_block_type) with transformers' defaults for the rest (intermediate 4·hidden, mamba head
+// dim 64, GELU MLP, MLP adapters only, no RoPE). 1.2b: Zamba2-1.2B (38 layers, hidden 2048,
+// hybrid layers 5, 11, ..., 35, one shared block, LoRA rank 128 on MLP and q/k/v, RoPE, state 64,
+// 32 heads, intermediate 8192, mamba head dim 64, vocab 32000).
+struct Zamba2Shape {
+  const char* name;
+  int64_t hidden, layers, mem_blocks, heads, intermediate, rank, state, mamba_head_dim, vocab;
+  bool attn_adapter, rope;
+  std::vector<int64_t> (*hybrid)();
+};
+std::vector<int64_t> hybrid_tiny() { return {1, 3}; }
+std::vector<int64_t> hybrid_1_2b() { return {5, 11, 17, 23, 29, 35}; }
+std::vector<int64_t> hybrid_2_7b() { return {6, 12, 18, 24, 30, 36, 42, 47, 51}; }
+const Zamba2Shape kZamba2[] = {
+    {"tiny", 64, 4, 2, 4, 128, 8, 16, 16, 512, true, true, hybrid_tiny},
+    {"1.2b", 2048, 38, 1, 32, 8192, 128, 64, 64, 32000, true, true, hybrid_1_2b},
+    {"2.7b", 2560, 54, 2, 32, 10240, 128, 64, 64, 32000, false, false, hybrid_2_7b},
+};
 
 // Shapes of the public releases (config.json of TinyLlama-1.1B-Chat and Qwen2.5-3B); "tiny"
 // presets exist for tests.
@@ -84,6 +111,10 @@ std::vector<std::string> synth_presets(const std::string& arch) {
   std::vector<std::string> v;
   if (arch == "mamba2")
     for (auto& s : kMamba2) v.push_back(s.name);
+  if (arch == "mamba")
+    for (auto& s : kMamba1) v.push_back(s.name);
+  if (arch == "zamba2")
+    for (auto& s : kZamba2) v.push_back(s.name);
   for (auto& s : kTransformers)
     if (arch == s.arch) v.push_back(s.name);
   return v;
@@ -152,11 +183,144 @@ int64_t write_transformer(const std::string& dir, const TransformerShape& t, con
   return params;
 }
 
+// softplus⁻¹ of dt log-uniform in [1e-3, 1e-1] (transformers' dt_bias initialisation)
+float inv_softplus_dt(uint64_t seed, uint64_t s, int64_t i) {
+  const float dt = std::exp(std::log(1e-3f) + uniform01(seed, s, uint64_t(i)) * (std::log(1e-1f) - std::log(1e-3f)));
+  return dt + std::log(-std::expm1(-dt));
+}
+
+int64_t write_mamba1(const std::string& dir, const Mamba2Shape& t, const SynthOptions& o) {
+  const bool tiny = std::string(t.name) == "tiny";
+  const int64_t D = t.d_model, NL = t.n_layer, V = tiny ? 512 : 50280, N = 16, DI = 2 * D, R = (D + 15) / 16;
+  json cfg = {{"architectures", {"MambaForCausalLM"}}, {"model_type", "mamba"}, {"hidden_size", D},
+              {"num_hidden_layers", NL}, {"vocab_size", V}, {"state_size", N}, {"intermediate_size", DI},
+              {"expand", 2}, {"conv_kernel", 4}, {"time_step_rank", R}, {"use_bias", false},
+              {"use_conv_bias", true}, {"hidden_act", "silu"}, {"residual_in_fp32", true},
+              {"layer_norm_epsilon", 1e-5}, {"tie_word_embeddings", true}, {"bos_token_id", 0},
+              {"eos_token_id", 0}, {"pad_token_id", 0}, {"dtype", dtype_config_name(o.dtype)},
+              {"hxq_synthetic", {{"preset", o.preset}, {"seed", o.seed}}}};
+  write_file_checked(dir + "/config.json", cfg.dump(2) + "\n");
+  CheckpointWriter w(dir, o.max_shard_bytes);
+  uint64_t stream = 0;
+  int64_t params = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shp, auto f) {
+    emit(w, name, o.dtype, shp, f);
+    int64_t n = 1;
+    for (auto d : shp) n *= d;
+    params += n;
+  };
+  auto one = [](int64_t) { return 1.0f; };
+  add("backbone.embeddings.weight", {V, D}, normal_gen(o.seed, stream++, 0.02f));
+  for (int64_t l = 0; l < NL; ++l) {
+    const std::string p = "backbone.layers." + std::to_string(l) + ".mixer.";
+    const uint64_t s0 = stream;
+    stream += 8;
+    add(p + "A_log", {DI, N}, [N](int64_t i) { return std::log(float(1 + i % N)); });  // S4D-real
+    add(p + "D", {DI}, one);
+    add(p + "conv1d.bias", {DI}, normal_gen(o.seed, s0 + 1, 0.1f));
+    add(p + "conv1d.weight", {DI, 1, 4}, normal_gen(o.seed, s0 + 2, 0.25f));
+    add(p + "dt_proj.bias", {DI}, [&, s0](int64_t i) { return inv_softplus_dt(o.seed, s0 + 3, i); });
+    add(p + "dt_proj.weight", {DI, R}, normal_gen(o.seed, s0 + 4, 1.0f / std::sqrt(float(R))));
+    add(p + "in_proj.weight", {2 * DI, D}, normal_gen(o.seed, s0 + 5, 1.0f / std::sqrt(float(D))));
+    add(p + "out_proj.weight", {D, DI}, normal_gen(o.seed, s0 + 6, 1.0f / std::sqrt(float(DI)) / std::sqrt(float(NL))));
+    add(p + "x_proj.weight", {R + 2 * N, DI}, normal_gen(o.seed, s0 + 7, 1.0f / std::sqrt(float(DI))));
+    add("backbone.layers." + std::to_string(l) + ".norm.weight", {D}, one);
+  }
+  add("backbone.norm_f.weight", {D}, one);
+  w.finish();
+  return params;
+}
+
+int64_t write_zamba2(const std::string& dir, const Zamba2Shape& t, const SynthOptions& o) {
+  const int64_t D = t.hidden, NL = t.layers, V = t.vocab, N = t.state, DI = 2 * D, MH = DI / t.mamba_head_dim;
+  const int64_t AD = 2 * D, I = t.intermediate, R = t.rank, CD = DI + 2 * N, P = 2 * DI + 2 * N + MH;
+  const auto hybrid = t.hybrid();
+  json types = json::array();
+  for (int64_t i = 0; i < NL; ++i)
+    types.push_back(std::find(hybrid.begin(), hybrid.end(), i) != hybrid.end() ? "hybrid" : "mamba");
+  json cfg = {{"architectures", {"Zamba2ForCausalLM"}}, {"model_type", "zamba2"}, {"hidden_size", D},
+              {"num_hidden_layers", NL}, {"vocab_size", V}, {"layers_block_type", types},
+              {"hybrid_layer_ids", hybrid}, {"mamba_d_state", N}, {"mamba_d_conv", 4}, {"mamba_expand", 2},
+              {"mamba_ngroups", 1}, {"n_mamba_heads", MH}, {"mamba_headdim", t.mamba_head_dim},
+              {"chunk_size", 256}, {"intermediate_size", I}, {"hidden_act", "gelu"},
+              {"num_attention_heads", t.heads}, {"num_key_value_heads", t.heads},
+              {"num_mem_blocks", t.mem_blocks}, {"use_shared_mlp_adapter", true},
+              {"use_shared_attention_adapter", t.attn_adapter}, {"adapter_rank", R},
+              {"use_mem_rope", t.rope}, {"rope_theta", 10000.0}, {"max_position_embeddings", 4096},
+              {"rms_norm_eps", 1e-5}, {"time_step_min", 0.001}, {"add_bias_linear", false},
+              {"use_conv_bias", true}, {"tie_word_embeddings", true}, {"bos_token_id", 1}, {"eos_token_id", 2},
+              {"pad_token_id", 0}, {"dtype", dtype_config_name(o.dtype)},
+              {"hxq_synthetic", {{"preset", o.preset}, {"seed", o.seed}}}};
+  write_file_checked(dir + "/config.json", cfg.dump(2) + "\n");
+  CheckpointWriter w(dir, o.max_shard_bytes);
+  uint64_t stream = 0;
+  int64_t params = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shp, auto f) {
+    emit(w, name, o.dtype, shp, f);
+    int64_t n = 1;
+    for (auto d : shp) n *= d;
+    params += n;
+  };
+  auto one = [](int64_t) { return 1.0f; };
+  const float sd = 1.0f / std::sqrt(float(D)), sa = 1.0f / std::sqrt(float(AD));
+  add("model.embed_tokens.weight", {V, D}, normal_gen(o.seed, stream++, 0.02f));
+  const int64_t J = int64_t(hybrid.size());
+  for (int64_t l = 0; l < NL; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const int64_t j = std::find(hybrid.begin(), hybrid.end(), l) - hybrid.begin();
+    const std::string mp = j < J ? p + "mamba_decoder." : p;
+    const uint64_t s0 = stream;
+    stream += 32;
+    add(mp + "input_layernorm.weight", {D}, one);
+    add(mp + "mamba.A_log", {MH}, [&, s0](int64_t i) { return std::log(1.0f + 15.0f * uniform01(o.seed, s0, uint64_t(i))); });
+    add(mp + "mamba.D", {MH}, one);
+    add(mp + "mamba.conv1d.bias", {CD}, normal_gen(o.seed, s0 + 1, 0.1f));
+    add(mp + "mamba.conv1d.weight", {CD, 1, 4}, normal_gen(o.seed, s0 + 2, 0.25f));
+    add(mp + "mamba.dt_bias", {MH}, [&, s0](int64_t i) { return inv_softplus_dt(o.seed, s0 + 3, i); });
+    add(mp + "mamba.in_proj.weight", {P, D}, normal_gen(o.seed, s0 + 4, sd));
+    add(mp + "mamba.norm.weight", {DI}, one);
+    add(mp + "mamba.out_proj.weight", {D, DI}, normal_gen(o.seed, s0 + 5, 1.0f / std::sqrt(float(DI * NL))));
+    if (j >= J) continue;
+    add(p + "linear.weight", {D, D}, normal_gen(o.seed, s0 + 6, sd));
+    // Block b is stored under the first hybrid layer that uses it (as transformers saves tied
+    // modules), with the adapters of all the invocations that use it.
+    if (j >= t.mem_blocks) continue;
+    const std::string b = p + "shared_transformer.";
+    add(b + "input_layernorm.weight", {AD}, one);
+    add(b + "pre_ff_layernorm.weight", {D}, one);
+    add(b + "self_attn.q_proj.weight", {AD, AD}, normal_gen(o.seed, s0 + 7, sa));
+    add(b + "self_attn.k_proj.weight", {AD, AD}, normal_gen(o.seed, s0 + 8, sa));
+    add(b + "self_attn.v_proj.weight", {AD, AD}, normal_gen(o.seed, s0 + 9, sa));
+    add(b + "self_attn.o_proj.weight", {D, AD}, normal_gen(o.seed, s0 + 10, sa));
+    add(b + "feed_forward.gate_up_proj.weight", {2 * I, D}, normal_gen(o.seed, s0 + 11, sd));
+    add(b + "feed_forward.down_proj.weight", {D, I}, normal_gen(o.seed, s0 + 12, 1.0f / std::sqrt(float(I))));
+    for (int64_t k = j; k < J; k += t.mem_blocks) {
+      const std::string ks = std::to_string(k);
+      const uint64_t s1 = stream;
+      stream += 8;
+      auto lora = [&](const std::string& m, int64_t in, int64_t out, uint64_t s) {
+        add(m + ".0.weight", {R, in}, normal_gen(o.seed, s, 1.0f / std::sqrt(float(in))));
+        add(m + ".1.weight", {out, R}, normal_gen(o.seed, s + 1, 0.1f / std::sqrt(float(R))));
+      };
+      lora(b + "feed_forward.gate_up_proj_adapter_list." + ks, D, 2 * I, s1);
+      if (t.attn_adapter) {
+        lora(b + "self_attn.linear_q_adapter_list." + ks, AD, AD, s1 + 2);
+        lora(b + "self_attn.linear_k_adapter_list." + ks, AD, AD, s1 + 4);
+        lora(b + "self_attn.linear_v_adapter_list." + ks, AD, AD, s1 + 6);
+      }
+    }
+  }
+  add("model.final_layernorm.weight", {D}, one);
+  w.finish();
+  return params;
+}
+
 }  // namespace
 
 int64_t write_synthetic_model(const std::string& out_dir, const SynthOptions& o) {
   auto presets = synth_presets(o.arch);
-  if (presets.empty()) usage_fail("synth: unsupported --arch {} (supported: mamba2, llama, qwen2)", o.arch);
+  if (presets.empty())
+    usage_fail("synth: unsupported --arch {} (supported: mamba, mamba2, zamba2, llama, qwen2)", o.arch);
   if (std::find(presets.begin(), presets.end(), o.preset) == presets.end()) {
     std::string list;
     for (auto& p : presets) list += (list.empty() ? "" : ", ") + p;
@@ -168,6 +332,18 @@ int64_t write_synthetic_model(const std::string& out_dir, const SynthOptions& o)
   for (auto& t : kTransformers)
     if (o.arch == t.arch && o.preset == t.name) {
       int64_t n = write_transformer(out.path(), t, o);
+      out.commit();
+      return n;
+    }
+  for (auto& t : kMamba1)
+    if (o.arch == "mamba" && o.preset == t.name) {
+      int64_t n = write_mamba1(out.path(), t, o);
+      out.commit();
+      return n;
+    }
+  for (auto& t : kZamba2)
+    if (o.arch == "zamba2" && o.preset == t.name) {
+      int64_t n = write_zamba2(out.path(), t, o);
       out.commit();
       return n;
     }

@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
+#include "models/blocks.h"
 #include "models/weights.h"
 
 namespace hxq {
@@ -16,65 +16,13 @@ namespace {
 
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  float s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-// exp(x) for x <= 0 (softmax after subtracting the maximum), written so that loops over it
-// vectorise: x = k ln2 + f with |f| <= ln2/2, exp(f) by its degree-7 Taylor polynomial (remainder
-// < 6e-9 relative), times 2^k built in the exponent bits. Relative error < 1e-7 (measured over
-// [-87, 0]), like libm's expf; below -87 it returns exp(-87) ~ 1.6e-38 rather than less, which is
-// harmless next to the maximum's weight of 1.
-inline float exp_nonpos(float x) {
-  // Clamp x >= -87 on the bits (for x <= 0, a larger bit pattern is a more negative float):
-  // an integer select vectorises where a float compare (which may trap) does not.
-  uint32_t xb;
-  std::memcpy(&xb, &x, 4);
-  xb = xb > 0xC2AE0000u ? 0xC2AE0000u : xb;  // 0xC2AE0000 = -87.0f
-  std::memcpy(&x, &xb, 4);
-  const float kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  float f = x - kf * 0.693145751953125f;  // ln2 split in a high part exact in float ...
-  f = f - kf * 1.428606820309417e-06f;   // ... and the rest
-  float p = 1.0f / 5040.0f;
-  p = p * f + 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  const int32_t k = int32_t(kf);
-  const uint32_t bits = uint32_t(k + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-
-// x[j] = exp(x[j] - mx) for j < n; returns their sum.
-float exp_shifted(float* x, int64_t n, float mx) {
-  for (int64_t j = 0; j < n; ++j) x[j] = exp_nonpos(x[j] - mx);
-  float acc[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int i = 0; i < 8; ++i) acc[i] += x[j + i];
-  float s = 0;
-  for (; j < n; ++j) s += x[j];
-  return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
 // y[r] = w ⊙ x[r] / sqrt(mean(x[r]²) + eps) for each row r of x [T, n] (transformers' RMSNorm).
 void rmsnorm_rows(const float* x, int64_t T, int64_t n, const float* w, double eps, float* y) {
   auto rows = [&](int64_t b, int64_t e, int) {
     for (int64_t t = b; t < e; ++t) {
       const float* xr = x + t * n;
       float* yr = y + t * n;
-      float ss = dot(xr, xr, n);
+      float ss = dot8(xr, xr, n);
       float inv = 1.0f / std::sqrt(ss / float(n) + float(eps));
       for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * inv);
     }
@@ -88,11 +36,11 @@ struct Layer {
   Linear q, k, v, o, gate, up, down;
 };
 
-// K/V cache: float32 [layer][kv_head][position][head_dim], capacity grown geometrically.
+// Per-sequence state: the K/V cache and the rotary frequencies in use.
 class KVCacheState final : public ModelState {
  public:
   KVCacheState(const TransformerConfig& c, std::vector<float> inv0)
-      : layers(c.layers), kvh(c.kv_heads), hd(c.head_dim), max_ctx(c.max_context()), inv_freq0(std::move(inv0)) {
+      : kv(c.layers, c.kv_heads, c.head_dim, c.max_context()), inv_freq0(std::move(inv0)) {
     reset();
   }
   void reset() override {
@@ -101,28 +49,10 @@ class KVCacheState final : public ModelState {
     rope_len = -1;
   }
   int64_t position() const override { return pos; }
-  size_t bytes() const override { return (k.size() + v.size()) * sizeof(float); }
+  size_t bytes() const override { return kv.bytes(); }
 
-  // Makes room for n positions, keeping the first `pos`.
-  void reserve(int64_t n) {
-    if (n <= cap) return;
-    int64_t nc = std::min(max_ctx, std::max({n, 2 * cap, int64_t(64)}));
-    const size_t total = size_t(layers * kvh * nc * hd);
-    std::vector<float> nk(total), nv(total);
-    for (int64_t s = 0; s < layers * kvh; ++s) {
-      std::copy_n(k.data() + s * cap * hd, pos * hd, nk.data() + s * nc * hd);
-      std::copy_n(v.data() + s * cap * hd, pos * hd, nv.data() + s * nc * hd);
-    }
-    k.swap(nk);
-    v.swap(nv);
-    cap = nc;
-  }
-  float* k_at(int64_t l, int64_t g, int64_t p) { return k.data() + ((l * kvh + g) * cap + p) * hd; }
-  float* v_at(int64_t l, int64_t g, int64_t p) { return v.data() + ((l * kvh + g) * cap + p) * hd; }
-
-  const int64_t layers, kvh, hd, max_ctx;
-  int64_t cap = 0, pos = 0;
-  std::vector<float> k, v;
+  KVCache kv;
+  int64_t pos = 0;
   // Rotary frequencies in use ("dynamic" RoPE recomputes them as the sequence grows, like
   // transformers' dynamic_rope_update with max_seq_len_cached = rope_len).
   const std::vector<float> inv_freq0;
@@ -223,7 +153,7 @@ class TransformerModel final : public Model {
     update_rope(st, pos0 + T);
     Scratch s;
     rope_tables(st.inv_freq, pos0, T, s.cos, s.sin);
-    st.reserve(pos0 + T);
+    st.kv.reserve(pos0 + T, pos0);
 
     std::vector<float> xn(size_t(T * d)), out(size_t(T * d));
     for (int64_t li = 0; li < c.layers; ++li) {
@@ -243,16 +173,8 @@ class TransformerModel final : public Model {
     st.pos += T;
 
     if (logits && logits_from < T) {
-      const Linear& head_l = head();
-      const int64_t rows = T - logits_from;
-      if (head_l.out_features() == c.vocab) {
-        head_l.forward(xn.data() + logits_from * d, rows, logits);
-      } else {  // padded embedding rows beyond vocab_size: compute all, keep the first vocab
-        std::vector<float> full(size_t(rows * head_l.out_features()));
-        head_l.forward(xn.data() + logits_from * d, rows, full.data());
-        for (int64_t r = 0; r < rows; ++r)
-          std::copy_n(full.data() + r * head_l.out_features(), c.vocab, logits + r * c.vocab);
-      }
+      std::vector<float> scratch;
+      head_logits(head(), xn.data() + logits_from * d, T - logits_from, c.vocab, logits, scratch);
     }
   }
 
@@ -306,56 +228,14 @@ class TransformerModel final : public Model {
       rope_apply(s.q.data() + t * qd, H, half, cs, sn);
       rope_apply(s.k.data() + t * kvd, G, half, cs, sn);
       for (int64_t g = 0; g < G; ++g) {
-        std::copy_n(s.k.data() + t * kvd + g * hd, hd, st.k_at(li, g, pos0 + t));
-        std::copy_n(s.v.data() + t * kvd + g * hd, hd, st.v_at(li, g, pos0 + t));
+        std::copy_n(s.k.data() + t * kvd + g * hd, hd, st.kv.k_at(li, g, pos0 + t));
+        std::copy_n(s.v.data() + t * kvd + g * hd, hd, st.kv.v_at(li, g, pos0 + t));
       }
     }
 
-    // softmax(q·K / sqrt(hd) over keys 0..pos) · V, per head and query; head h reads kv head
-    // h / (H / G) (transformers' repeat_kv). Work items: (head, block of queries).
+    // softmax(q·K / sqrt(hd) over keys 0..pos) · V, per head and query.
     s.att.resize(size_t(T * qd));
-    const int64_t QB = 16, nqb = (T + QB - 1) / QB, rep = H / G;
-    const float scale = float(1.0 / std::sqrt(double(hd)));
-    auto run = [&](int64_t i0, int64_t i1, int) {
-      std::vector<float> sc(static_cast<size_t>(pos0 + T)), acc(static_cast<size_t>(hd));
-      const float sscale = scale;  // locals: stores to sc[] cannot alias them
-      const int64_t hdl = hd;
-      for (int64_t it = i0; it < i1; ++it) {
-        const int64_t hh = it / nqb, b = it % nqb, g = hh / rep;
-        const float* K = st.k_at(li, g, 0);
-        const float* V = st.v_at(li, g, 0);
-        for (int64_t t = b * QB; t < std::min(T, (b + 1) * QB); ++t) {
-          const float* q = s.q.data() + t * qd + hh * hd;
-          const int64_t n = pos0 + t + 1;  // causal: keys 0 .. pos0 + t
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < n; ++j) {
-            const float v = dot(q, K + j * hdl, hdl) * sscale;
-            sc[size_t(j)] = v;
-            mx = std::max(mx, v);
-          }
-          const float sum = exp_shifted(sc.data(), n, mx);
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          float* a = acc.data();
-          int64_t j = 0;
-          for (; j + 4 <= n; j += 4) {  // four keys per pass over acc
-            const float w0 = sc[size_t(j)], w1 = sc[size_t(j + 1)], w2 = sc[size_t(j + 2)], w3 = sc[size_t(j + 3)];
-            const float *v0 = V + j * hd, *v1 = v0 + hd, *v2 = v1 + hd, *v3 = v2 + hd;
-            for (int64_t e = 0; e < hd; ++e) a[e] += (w0 * v0[e] + w1 * v1[e]) + (w2 * v2[e] + w3 * v3[e]);
-          }
-          for (; j < n; ++j) {
-            const float w = sc[size_t(j)];
-            const float* vj = V + j * hd;
-            for (int64_t e = 0; e < hd; ++e) a[e] += w * vj[e];
-          }
-          const float inv = 1.0f / sum;
-          float* o = s.att.data() + t * qd + hh * hd;
-          for (int64_t e = 0; e < hd; ++e) o[e] = acc[size_t(e)] * inv;
-        }
-      }
-    };
-    // Waking the pool costs more than a few thousand multiply-adds (decode of small models).
-    if (H * T * (pos0 + T) * hd < (int64_t(1) << 16)) run(0, H * nqb, 0);
-    else pool().parallel_for(H * nqb, run);
+    causal_attention(s.q.data(), T, H, st.kv, li, pos0, float(1.0 / std::sqrt(double(hd))), s.att.data());
     L.o.forward(s.att.data(), T, out);
   }
 
