@@ -1,6 +1,7 @@
 // `hxq bench`: prefill / decode speed of a model against the machine's memory-bandwidth ceiling,
 // or (--membw) just the machine's measured read bandwidth and peak FMA rate.
 #include <cstdio>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -20,13 +21,17 @@ namespace {
 nlohmann::json summary_json(const ModelSummary& s) {
   return {{"arch", s.arch},     {"layers", s.layers},           {"hidden", s.hidden},
           {"vocab", s.vocab},   {"params", s.params},            {"weight_bytes", s.weight_bytes},
-          {"hxq_modules", s.hxq_modules}};
+          {"hxq_modules", s.hxq_modules}, {"hxq_fast_modules", s.hxq_fast_modules}};
 }
 
-// "fast" (16-bit integer decode kernels), "exact", or "exact (no fast kernel on this CPU)".
-std::string hxq_math_name() {
+// "fast" (16-bit integer decode kernels for every compressed layer), "fast for N of M layers",
+// "exact", or "exact (no fast kernel on this CPU)" (e.g. 8-bit v2 layers, helix layers without
+// AVX-512 VBMI + VNNI).
+std::string hxq_math_name(const ModelSummary& m) {
   if (hxq_math() == HxqMath::Exact) return "exact";
-  return hxq_fast_available() ? "fast" : "exact (no fast kernel on this CPU)";
+  if (m.hxq_fast_modules == 0) return "exact (no fast kernel on this CPU)";
+  if (m.hxq_fast_modules == m.hxq_modules) return "fast";
+  return fmt::format("fast for {} of {} layers", m.hxq_fast_modules, m.hxq_modules);
 }
 
 void print_table(const std::string& dir, const BenchResult& r, double load_s) {
@@ -36,7 +41,7 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
               double(m.weight_bytes) / 1e6, load_s);
   std::printf("machine  %d thread%s, %s kernels, ", r.threads, r.threads == 1 ? "" : "s",
               std::string(isa_name(kernel_isa())).c_str());
-  if (m.hxq_modules > 0) std::printf("HXQ decode %s, ", hxq_math_name().c_str());
+  if (m.hxq_modules > 0) std::printf("HXQ decode %s, ", hxq_math_name(m).c_str());
   if (r.membw_gb_per_s > 0) std::printf("read bandwidth %.1f GB/s (median of %zu)\n", r.membw_gb_per_s, r.membw_runs.size());
   else std::printf("read bandwidth not measured\n");
   std::printf("\n%-9s %8s %12s %12s %9s\n", "phase", "tokens", "tokens/s", "ceiling", "of ceil.");
@@ -108,7 +113,7 @@ void add_bench(CLI::App& app) {
                        {"summary", summary_json(r.model)},
                        {"threads", r.threads},
                        {"isa", std::string(isa_name(kernel_isa()))},
-                       {"hxq_math", hxq_math_name()},
+                       {"hxq_math", hxq_math_name(r.model)},
                        {"prompt_tokens", r.prompt},
                        {"gen_tokens", r.gen},
                        {"repeats", r.repeats},

@@ -6,6 +6,8 @@
 #include "core/threadpool.h"
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
+#include "kernels/hxq2_gemm.h"
+#include "kernels/hxq_gemm.h"
 
 namespace hxq {
 
@@ -101,6 +103,12 @@ void Linear::row(int64_t r, float* out) const {
   if (kind_ == Kind::Hxq) return hxq_->row(r, out);
   if (kind_ == Kind::Hxq2) return hxq2_->row(r, out);
   to_f32(dtype_, static_cast<const char*>(data_) + size_t(r * in_) * dtype_size(dtype_), out, size_t(in_));
+}
+
+bool Linear::fast_decode_kernel() const {
+  if (kind_ == Kind::Hxq) return hxq_fast_available();
+  if (kind_ == Kind::Hxq2) return hxq2_fast_available(hxq2_->bits());
+  return false;
 }
 
 size_t Linear::weight_bytes() const {

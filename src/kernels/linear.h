@@ -40,6 +40,10 @@ class Linear {
   const HxqWeight* hxq_weight() const { return hxq_.get(); }     // nullptr unless Kind::Hxq
   const Hxq2Weight* hxq2_weight() const { return hxq2_.get(); }  // nullptr unless Kind::Hxq2
   bool compressed() const { return kind_ != Kind::Dense; }
+  // Whether the decode regime has an integer fast kernel for this layer on this machine (used
+  // under HxqMath::Fast; see hxq_gemm.h / hxq2_gemm.h): helix layers on AVX-512 VBMI + VNNI, v2
+  // layers at 4-6 bits on any SIMD ISA.
+  bool fast_decode_kernel() const;
   bool has_bias() const { return !bias_.empty(); }
 
   // Y[T, out] = X[T, in] · Wᵀ (+ bias). X and Y are row-major float32.

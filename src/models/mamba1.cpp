@@ -102,6 +102,7 @@ class Mamba1Model final : public Model {
       for (const Linear* l : {&L.in_proj, &L.x_proj, &L.dt_proj, &L.out_proj}) {
         s.params += l->in_features() * l->out_features() + (l->has_bias() ? l->out_features() : 0);
         if (l->compressed()) s.hxq_modules++;
+        if (l->fast_decode_kernel()) s.hxq_fast_modules++;
       }
       s.params += int64_t(L.norm_w.size() + L.conv_wt.size() + L.conv_b.size() + L.A.size() + L.D.size());
     }

@@ -70,6 +70,8 @@ class Mamba2Model final : public Model {
     for (auto& L : layers_) {
       s.params += L.mixer.params() + int64_t(L.norm_w.size());
       s.hxq_modules += int64_t(L.mixer.in_proj.compressed()) + int64_t(L.mixer.out_proj.compressed());
+      s.hxq_fast_modules +=
+          int64_t(L.mixer.in_proj.fast_decode_kernel()) + int64_t(L.mixer.out_proj.fast_decode_kernel());
     }
     s.params += cfg_.d_model;
     return s;

@@ -33,6 +33,7 @@ struct ModelSummary {
   uint64_t weight_bytes = 0;      // bytes of weight data the model reads (as stored)
   int64_t params = 0;
   int64_t hxq_modules = 0;        // linear layers running from HXQ storage
+  int64_t hxq_fast_modules = 0;   // of those, layers with a fast decode kernel on this machine
 };
 
 class Model {

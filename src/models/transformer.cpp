@@ -109,6 +109,7 @@ class TransformerModel final : public Model {
     auto count = [&](const Linear& l) {
       s.params += l.in_features() * l.out_features() + (l.has_bias() ? l.out_features() : 0);
       if (l.compressed()) s.hxq_modules++;
+      if (l.fast_decode_kernel()) s.hxq_fast_modules++;
     };
     count(embedding_);
     if (separate_head_) count(lm_head_);

@@ -93,6 +93,7 @@ void EmbeddingHead::count(ModelSummary& s) const {
     if (l == &lm_head && !separate) continue;
     s.params += l->in_features() * l->out_features();
     if (l->compressed()) s.hxq_modules++;
+    if (l->fast_decode_kernel()) s.hxq_fast_modules++;
   }
 }
 

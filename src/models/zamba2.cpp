@@ -137,6 +137,7 @@ class Zamba2Model final : public Model {
     auto count = [&](const Linear& l) {
       s.params += l.in_features() * l.out_features() + (l.has_bias() ? l.out_features() : 0);
       if (l.compressed()) s.hxq_modules++;
+      if (l.fast_decode_kernel()) s.hxq_fast_modules++;
     };
     for (auto& B : blocks_) {
       for (const Linear* l : {&B.q, &B.k, &B.v, &B.o, &B.gate_up, &B.down}) count(*l);
@@ -151,6 +152,8 @@ class Zamba2Model final : public Model {
     for (auto& L : layers_) {
       s.params += L.mixer.params() + int64_t(L.norm_w.size());
       s.hxq_modules += int64_t(L.mixer.in_proj.compressed()) + int64_t(L.mixer.out_proj.compressed());
+      s.hxq_fast_modules +=
+          int64_t(L.mixer.in_proj.fast_decode_kernel()) + int64_t(L.mixer.out_proj.fast_decode_kernel());
       if (L.invocation >= 0) count(L.linear);
     }
     s.params += cfg_.hidden;
