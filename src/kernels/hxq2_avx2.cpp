@@ -11,6 +11,8 @@
 #include "core/error.h"
 #include "kernels/dispatch.h"
 #include "kernels/hxq2_gemm.h"
+#include "kernels/sidecar.h"
+#include "kernels/transpose_avx2.h"
 
 namespace hxq::detail {
 
@@ -244,6 +246,38 @@ void exact_rows_g(const float* X, int64_t T, const Hxq2View& w, int64_t n0, int6
 }
 
 }  // namespace
+
+// Prefill panel: rows n0 .. n0 + n − 1 (sidecar included) as dst[k · nr + i], zero rows from n to
+// nr (a multiple of 8): eight rows decoded into an L1/L2 buffer, then 8x8 in-register transposes.
+void hxq2_pack_panel_avx2(const Hxq2View& w, int64_t n0, int64_t n, int64_t nr, float* dst) {
+  const int64_t K = w.cols, K8 = (K + 7) / 8 * 8;
+  thread_local AlignedFloats buf;
+  float* rows = buf.get(size_t(8 * K8));
+  for (int64_t rb = 0; rb < nr; rb += 8) {
+    for (int64_t i = 0; i < 8; ++i) {
+      float* r = rows + i * K8;
+      std::memset(r + (K / 8) * 8, 0, size_t(K8 - (K / 8) * 8) * sizeof(float));
+      if (rb + i >= n) {
+        std::memset(r, 0, size_t(K) * sizeof(float));
+        continue;
+      }
+      const int64_t row = n0 + rb + i;
+      hxq2_decode_row_avx2(w, row, r);
+      if (w.sc_row_ptr) {
+        int64_t e0, e1;
+        sidecar_range(w, row, e0, e1);
+        for (int64_t e = e0; e < e1; ++e) r[sidecar_col(w, e, row)] += w.sc_delta[e];
+      }
+    }
+    for (int64_t k = 0; k < K; k += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_load_ps(rows + i * K8 + k);
+      transpose8(v);
+      const int64_t m = std::min<int64_t>(8, K - k);
+      for (int64_t c = 0; c < m; ++c) _mm256_storeu_ps(dst + (k + c) * nr + rb, v[c]);
+    }
+  }
+}
 
 // Y[t, n] for rows [n0, n1) of W and T rows of X (plain row-major), without the sidecar: fused
 // kernels for T <= 4, else each row decoded once into an L1 buffer and dotted with every row of X.

@@ -204,25 +204,10 @@ void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y) {
     });
     return;
   }
-  // Prefill: decoded rows (sidecar included) written into the [K][nr] panels of the micro-kernel.
+  // Prefill: decoded rows (sidecar included) transposed into the [K][nr] panels of the micro-kernel.
   const int64_t NR = ks->nr;
   detail::prefill_driver(*ks, X, T, K, N, [&](int64_t n0, int64_t n, float* dst) {
-    thread_local std::vector<float> row;
-    row.resize(size_t(K));
-    for (int64_t i = 0; i < NR; ++i) {
-      if (i < n) {
-        const int64_t r = n0 + i;
-        detail::hxq2_decode_row_avx2(w, r, row.data());
-        if (w.sc_row_ptr) {
-          int64_t e0, e1;
-          sidecar_range(w, r, e0, e1);
-          for (int64_t e = e0; e < e1; ++e) row[size_t(sidecar_col(w, e, r))] += w.sc_delta[e];
-        }
-        for (int64_t k = 0; k < K; ++k) dst[k * NR + i] = row[size_t(k)];
-      } else {
-        for (int64_t k = 0; k < K; ++k) dst[k * NR + i] = 0.0f;
-      }
-    }
+    detail::hxq2_pack_panel_avx2(w, n0, n, NR, dst);
   }, Y);
 }
 

@@ -61,6 +61,9 @@ bool hxq2_fast_available(int bits);
 namespace detail {
 // The AVX2 row decoder (hxq2_avx2.cpp; AVX2 + FMA CPUs only): bit-identical to hxq2_decode_row.
 void hxq2_decode_row_avx2(const Hxq2View& w, int64_t r, float* out);
+// The prefill panel of rows n0 .. n0 + n − 1 with the sidecar: dst[k · nr + i] (nr a multiple of
+// 8; rows n .. nr − 1 zero).
+void hxq2_pack_panel_avx2(const Hxq2View& w, int64_t n0, int64_t n, int64_t nr, float* dst);
 
 // Fast decode (HxqMath::Fast, b <= 6, T <= 8): integer dot products on 16-bit forms of the codebook and
 // of X.
