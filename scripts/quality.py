@@ -5,10 +5,11 @@ Q6_K, Q5_K, Q4_K, IQ4_NL, Q4_0, applied by the instruments ../shared/tools/llama
 scripts/llamacpp_kquants.py) on every model in the test data, measured with `hxq kl` on the same
 tokens (KL divergence, top-1 agreement, perplexity of both models in one pass).
 
-Usage: scripts/quality.py [--data DIR] [--out docs/QUALITY.md] [--only NAME]
+Usage: scripts/quality.py [--data DIR] [--out docs/QUALITY.md] [--only NAME] [--rows LABEL]
 Needs build/hxq and Debian's python3-numpy + python3-matplotlib (run with /usr/bin/python3). The
-measurements are kept in docs/quality.json: `--only NAME` re-measures one model and regenerates
-the page and the plot from all of them.
+measurements are kept in docs/quality.json: `--only NAME` re-measures one model, `--rows LABEL`
+only the hxq settings whose label contains LABEL, and the page and the plot are regenerated from
+all of them.
 """
 import argparse, datetime, json, os, platform, shutil, subprocess, sys, tempfile, time
 
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--data", default=os.environ.get("HXQ_TEST_DATA", os.path.join(os.path.dirname(ROOT), "shared")))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "QUALITY.md"))
     ap.add_argument("--only", help="evaluate only the model whose name contains this")
+    ap.add_argument("--rows", help="re-measure only the hxq settings whose label contains this (the other rows "
+                                   "come from docs/quality.json)")
     a = ap.parse_args()
     if not os.path.exists(HXQ):
         sys.exit("build/hxq not found: build first (cmake -S . -B build && cmake --build build)")
@@ -83,8 +86,12 @@ def main():
                 print(f"skipping {name}: {mdir} absent", file=sys.stderr)
                 continue
             rows = []
+            cached = {r["label"]: r for r in results.get(name, {}).get("rows", [])}
             out = os.path.join(tmp, "m")
             for label, family, flags in HXQ_VARIANTS:
+                if a.rows and a.rows not in label and label in cached:
+                    rows.append(cached[label])
+                    continue
                 rc, csecs = jrun(["compress", mdir, out, "--overwrite", "--no-fsync", "--json"] + flags)
                 kl, secs = jrun(["kl", "-m", mdir, "--other", out, "-f", text, "--json"] + evargs)
                 plan = ", ".join(f"{n}×{b}" for b, n in sorted(rc.get("modules_by_bits", {}).items(), key=lambda x: int(x[0])))
@@ -93,6 +100,9 @@ def main():
                 print(f"{name}: {label}: {rc['bits_per_weight']:.4f} bpw, KL {kl['kl_mean']:.4g} "
                       f"({csecs:.1f} s compress, {secs:.0f} s eval)", file=sys.stderr)
             for label, fmt, inst, bpw in LLAMACPP:
+                if a.rows and label in cached:
+                    rows.append(cached[label])
+                    continue
                 tool = (os.path.join(a.data, "tools", "llamacpp_formats.py") if inst == "shared"
                         else os.path.join(ROOT, "scripts", "llamacpp_kquants.py"))
                 p = subprocess.run([sys.executable, tool, mdir, out + "-ll", fmt], capture_output=True, text=True)
