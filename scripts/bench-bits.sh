@@ -5,7 +5,8 @@
 # rounds; prints a table of medians and the ratios measured in the same rounds.
 #
 # usage: scripts/bench-bits.sh [WORK_DIR] — env: MODELS ("mamba2:1.3b llama:tinyllama-1.1b"),
-#        THREADS (2), ROUNDS (3), GEN (16), PROMPT (128), SKIP_COMPRESS=1 (reuse earlier outputs)
+#        THREADS (2), ROUNDS (3), GEN (16), PROMPT (128), SKIP_COMPRESS=1 (reuse earlier outputs),
+#        KEEP ("helix v2-8 v2-6 v2-5 v2-4": the settings to run, a subset of these names)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/hxq-bench-bits}
@@ -17,7 +18,11 @@ PROMPT=${PROMPT:-128}
 HXQ=./build/hxq
 [ -x "$HXQ" ] || { echo "build/hxq not found: build first" >&2; exit 1; }
 mkdir -p "$WORK"
-SETTINGS=("helix:--format helix" "v2-8:--bits 8" "v2-6:--bits 6" "v2-5:--bits 5" "v2-4:--bits 4")
+ALL=("helix:--format helix" "v2-8:--bits 8" "v2-6:--bits 6" "v2-5:--bits 5" "v2-4:--bits 4")
+SETTINGS=()
+for s in "${ALL[@]}"; do
+  [[ " ${KEEP:-helix v2-8 v2-6 v2-5 v2-4} " == *" ${s%%:*} "* ]] && SETTINGS+=("$s")
+done
 
 for spec in $MODELS; do
   arch=${spec%%:*} preset=${spec#*:}
@@ -64,7 +69,7 @@ for n in names:
         c = json.load(open(f"{base}-{n}.compress.json"))
         bpw, cs = f"{c['bits_per_weight']:.3f}", f"{c['seconds']:.1f}"
     print(f"{n:8} {bpw:>7} {cs:>10} {med(n, 'bytes_per_token') / 1e6:9.1f} {med(n, 'decode_tokens_per_s'):10.2f} "
-          f"{ratio(n, 'decode_tokens_per_s', 'v2-8'):7.2f} {100 * med(n, 'ceiling_fraction'):7.0f}% "
+          f"{ratio(n, 'decode_tokens_per_s', 'v2-8') if 'v2-8' in names else float('nan'):7.2f} {100 * med(n, 'ceiling_fraction'):7.0f}% "
           f"{med(n, 'prefill_tokens_per_s'):11.1f} {ratio(n, 'prefill_tokens_per_s', 'bf16'):7.2f}")
 EOF
 done
