@@ -158,20 +158,24 @@ TEST(KlDivergence, FastHxqDecodeKernelsAgreeWithExact) {
   EXPECT_GE(k.top1_agreement, 0.99);
 }
 
-// The same for HXQ v2's fast decode (AVX2 integer kernels at 4-6 bits, hxq2_gemm.h) on the 17M
-// model at 4 bits, group 16 (every linear, the tied head included), scored the way generation
-// runs. Measured: mean KL 3.1e-8 nats, top-1 agreement 1.0; the bound is the same as for the
-// helix kernels above, still far below the 4-bit codec's own KL (~4e-3, docs/QUALITY.md).
-TEST(KlDivergence, FastHxq2DecodeKernelsAgreeWithExact) {
+// The same for HXQ v2's fast decode (hxq2_gemm.h: AVX2 integer kernels at 4-6 bits, AVX-512 at
+// 8 bits) on the 17M model at 4 bits, group 16, and at 8 bits, group 32 (every linear, the tied
+// head included), scored the way generation runs. Measured (AVX-512 kernels): 4 bits mean KL
+// 3.2e-8 nats, 8 bits 3.1e-8, top-1 agreement 1.0 (AVX2, 4 bits: 3.1e-8); the bound is the same
+// as for the helix kernels above, still far below the codec's own KL (4 bits ~4e-3, 8 bits
+// ~3e-5, docs/QUALITY.md).
+class FastHxq2Kl : public ::testing::TestWithParam<int> {};
+TEST_P(FastHxq2Kl, DecodeKernelsAgreeWithExact) {
   HXQ_REQUIRE_DATA("models/mamba2-neox-17m/reference.json");
   HXQ_REQUIRE_DATA("data/tokenizer-goldens/wiki.test.raw.gpt-neox-20b.i32");
-  if (!hxq2_fast_available(4)) GTEST_SKIP() << "no fast HXQ v2 kernel on this CPU";
+  const int bits = GetParam();
+  if (!hxq2_fast_available(bits)) GTEST_SKIP() << "no fast HXQ v2 kernel for " << bits << " bits on this CPU";
   const auto tmp = test::temp_dir("klfast2");
   CompressOptions o;
   o.fsync = false;
   o.format = CompressFormat::V2;
-  o.bits = 4;
-  o.group = 16;
+  o.bits = bits;
+  o.group = bits == 8 ? 32 : 16;
   o.embeddings = true;
   compress_checkpoint(test::data_path("models/mamba2-neox-17m"), tmp + "/hxq", o);
   auto a = load_model(tmp + "/hxq");
@@ -182,10 +186,12 @@ TEST(KlDivergence, FastHxq2DecodeKernelsAgreeWithExact) {
   opt.math = HxqMath::Exact;
   opt.other_math = HxqMath::Fast;
   auto k = kl_divergence(*a, *b, ids, hf_windows(int64_t(ids.size()), 256, 128), std::nullopt, {}, opt);
-  std::printf("fast vs exact HXQ v2 decode: mean KL %.3g, max %.3g, top-1 %.4f\n", k.kl_mean, k.kl_max, k.top1_agreement);
+  std::printf("fast vs exact HXQ v2 %d-bit decode: mean KL %.3g, max %.3g, top-1 %.4f\n", bits, k.kl_mean, k.kl_max,
+              k.top1_agreement);
   EXPECT_GT(k.kl_mean, 0.0);  // really two different computations
   EXPECT_LT(k.kl_mean, 1e-6);
   EXPECT_GE(k.top1_agreement, 0.99);
 }
+INSTANTIATE_TEST_SUITE_P(KlDivergence, FastHxq2Kl, ::testing::Values(4, 8));
 
 }  // namespace

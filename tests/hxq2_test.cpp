@@ -210,8 +210,9 @@ TEST(Hxq2Kernels, EveryIsaAndRegimeMatchesDoubleReference) {
         }
 }
 
-// HxqMath::Fast (b <= 6, T <= 8): 16-bit codebook and X, exact integer sums per group; the
-// error bound of hxq2_gemm.h, per output, against a double sum over the decoded weights.
+// HxqMath::Fast (T <= 8; b <= 6 with AVX2, b = 8 with AVX-512 VNNI): 16-bit codebook and X,
+// exact integer sums per group; the error bound of hxq2_gemm.h, per output, against a double sum
+// over the decoded weights, with every SIMD kernel ISA this CPU runs.
 TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
   if (!hxq2_fast_available(4)) GTEST_SKIP() << "no SIMD kernels on this CPU";
   IsaGuard guard;
@@ -225,9 +226,16 @@ TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
     int64_t N, K, T;
   };
   // The last two are split over the pool's threads (tasks of >= 256 KiB of indices).
-  const Shape shapes[] = {{1, 1, 1}, {3, 31, 1}, {5, 32, 2}, {17, 33, 3}, {33, 100, 4}, {16, 257, 8},
-                          {9, 512, 5}, {40, 700, 1}, {4, 2048, 2}, {20000, 64, 1}, {3000, 512, 2}};
-  for (int bits : {4, 5, 6})
+  const Shape shapes[] = {{1, 1, 1},    {3, 31, 1},   {5, 32, 2},   {17, 33, 3},   {33, 100, 4},
+                          {16, 257, 8}, {7, 96, 3},   {3, 320, 1},  {9, 512, 5},   {40, 700, 1},
+                          {4, 2048, 2}, {20000, 64, 1}, {3000, 512, 2}};
+  int runs = 0;
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    if (!isa_supported(isa)) continue;
+    set_kernel_isa(isa);
+  for (int bits : {4, 5, 6, 8}) {
+    if (!hxq2_fast_available(bits)) continue;
+    ++runs;
     for (int group : {16, 32})
       for (const Shape& s : shapes)
         for (bool sidecar : {false, true}) {
@@ -267,40 +275,40 @@ TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
               // The quantisation bound (1 % slack for the float32 steps cs, xs) plus float32 sums.
               const double bound = 1.01 * qbound + tol::kHxq2SumUlps * double(s.K + 16) * std::ldexp(mag, -24) + 1e-30;
               ASSERT_LE(std::fabs(double(y[size_t(t * s.N + n)]) - ref), bound)
-                  << "bits " << bits << " group " << group << " N" << s.N << " K" << s.K << " T" << s.T
-                  << (sidecar ? " sidecar" : "") << " row " << n << " t " << t;
+                  << isa_name(isa) << " bits " << bits << " group " << group << " N" << s.N << " K" << s.K
+                  << " T" << s.T << (sidecar ? " sidecar" : "") << " row " << n << " t " << t;
             }
           }
         }
+  }
+  }
+  EXPECT_GE(runs, 3);  // b = 4, 5, 6 at least
 }
 
 // Non-finite X or codebook: the fast path steps aside, results equal the exact path's bit for bit.
 TEST(Hxq2Kernels, FastDecodeFallsBackOnNonFiniteInput) {
   if (!hxq2_fast_available(4)) GTEST_SKIP() << "no SIMD kernels on this CPU";
-  std::mt19937 rng(5);
-  RandomV2 w = make_v2(20, 96, 4, 32, rng);
-  std::vector<float> x(96 * 2, 0.5f), a(40), b(40);
-  x[7] = std::numeric_limits<float>::infinity();
-  {
-    HxqMathScope m(HxqMath::Fast);
-    gemm_hxq2(x.data(), 2, w.view(false), a.data());
+  for (int bits : {4, 8}) {
+    if (!hxq2_fast_available(bits)) continue;
+    std::mt19937 rng(5);
+    RandomV2 w = make_v2(20, 96, bits, 32, rng);
+    std::vector<float> x(96 * 2, 0.5f), a(40), b(40);
+    auto both = [&] {
+      {
+        HxqMathScope m(HxqMath::Fast);
+        gemm_hxq2(x.data(), 2, w.view(false), a.data());
+      }
+      HxqMathScope m(HxqMath::Exact);
+      gemm_hxq2(x.data(), 2, w.view(false), b.data());
+    };
+    x[7] = std::numeric_limits<float>::infinity();
+    both();
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << bits;
+    x[7] = 0.5f;
+    w.codebook[3] = std::nanf("");
+    both();
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << bits;
   }
-  {
-    HxqMathScope m(HxqMath::Exact);
-    gemm_hxq2(x.data(), 2, w.view(false), b.data());
-  }
-  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
-  x[7] = 0.5f;
-  w.codebook[3] = std::nanf("");
-  {
-    HxqMathScope m(HxqMath::Fast);
-    gemm_hxq2(x.data(), 2, w.view(false), a.data());
-  }
-  {
-    HxqMathScope m(HxqMath::Exact);
-    gemm_hxq2(x.data(), 2, w.view(false), b.data());
-  }
-  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
 }
 
 TEST(Hxq2Kernels, BadViewsThrow) {

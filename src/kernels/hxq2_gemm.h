@@ -53,9 +53,11 @@ void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y);
 void gemm_hxq2_reference(const float* X, int64_t T, const Hxq2View& w, float* Y);
 
 // Whether HxqMath::Fast (hxq_gemm.h) has a fast v2 kernel for this bit width with the current
-// kernel ISA: b = 4, 5, 6 on every SIMD ISA (the AVX2 integer kernel below). b = 8 is always
-// exact: its 256-entry table needs one load per weight either way (a 16-bit table of all index
-// pairs, 256 KiB, halves the loads but measured 0.7x the exact path's speed: it misses in L2).
+// kernel ISA: b = 4, 5, 6 on every SIMD ISA (the AVX2 integer kernel below), and b = 8 with the
+// AVX-512 kernels on a CPU with VNNI (hxq2_avx512.cpp: VPERMI2B lookups; that kernel also serves
+// b = 5, 6 there). With AVX2 alone b = 8 is exact: its 256-entry table needs one load per weight either way (a
+// 16-bit table of all index pairs, 256 KiB, halves the loads but measured 0.7x the exact path's
+// speed: it misses in L2).
 bool hxq2_fast_available(int bits);
 
 namespace detail {
@@ -65,28 +67,35 @@ void hxq2_decode_row_avx2(const Hxq2View& w, int64_t r, float* out);
 // 8; rows n .. nr − 1 zero).
 void hxq2_pack_panel_avx2(const Hxq2View& w, int64_t n0, int64_t n, int64_t nr, float* dst);
 
-// Fast decode (HxqMath::Fast, b <= 6, T <= 8): integer dot products on 16-bit forms of the codebook and
-// of X.
+// Fast decode (HxqMath::Fast, T <= 8, the widths of hxq2_fast_available): integer dot products
+// on 16-bit forms of the codebook and of X.
 //  * codebook: q[j] = round(c[j] / cs), cs = max|c| / 16383 (error <= cs / 2 per entry);
 //  * X: per block of kHxq2XBlock columns, q = round(x / xs), xs = max|x in block| / 16383 (error
 //    <= xs / 2 per element);
-//  * indices -> 16-bit values by byte shuffles (VPSHUFB) of 16-entry tables; X is stored per
-//    chunk of 32 columns in the order those vectors come out: columns 0..7, 16..23, 8..15, 24..31;
+//  * indices -> 16-bit values by byte shuffles (VPSHUFB) of 16-entry tables (AVX2) or VPERMI2B of
+//    the 256-entry table (AVX-512, b = 8); X is stored per chunk of 32 columns in the order the
+//    AVX2 vectors come out: columns 0..7, 16..23, 8..15, 24..31 (chunk = 32), or per chunk of 64
+//    in the order of the AVX-512 unpacks: the first 8 columns of each 16-column block, then the
+//    last 8, blocks in the order 0, 1, 2, 3 (b = 8) or 0, 2, 1, 3 (b = 5, 6: nibble_lanes);
 //  * per group, Σ q_c·q_x in exact int32 (|sum| <= 4 · 16383² < 2^31 per lane), then float32:
 //    y = cs · Σ_blocks xs · Σ_groups s_g · (int sum).
 // So |y − exact| <= Σ_c |s_g|·(cs/2·|x_c| + xs/2·|c[idx_c]|) + float32 rounding of the sums. The
 // sidecar is always added exactly (from the float X).
 inline constexpr int64_t kHxq2XBlock = 256;
 struct Hxq2QuantX {
-  int64_t T = 0, K = 0, K32 = 0;  // K32: K rounded up to 32 (zero padded)
+  int64_t T = 0, K = 0, K32 = 0;  // K32: K rounded up to `chunk` (zero padded): the row stride
+  int chunk = 32;                 // 32 (AVX2 order) or 64 (AVX-512 order)
+  bool nibble_lanes = false;      // chunk 64: blocks in the order 0, 2, 1, 3
   std::vector<int16_t> q;         // [T][K32], permuted per chunk as above
   std::vector<float> xs;          // [T][ceil(K / kHxq2XBlock)]
 };
 // False when X holds a non-finite value (the caller then takes the exact path).
-bool hxq2_quant_x(const float* X, int64_t T, int64_t K, Hxq2QuantX& q);
+bool hxq2_quant_x(const float* X, int64_t T, int64_t K, Hxq2QuantX& q, int chunk = 32, bool nibble_lanes = false);
 // Y[t, n] for n in [n0, n1), t < q.T <= 8, without the sidecar (AVX2 + FMA CPUs only; b <= 6,
 // a finite codebook).
 void hxq2_fast_rows_avx2(const Hxq2QuantX& q, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy);
+// The same for b = 5, 6, 8 from X quantised with chunk = 64 (AVX-512 F/BW/VBMI/VNNI CPUs only).
+void hxq2_fast_rows_avx512(const Hxq2QuantX& q, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy);
 }  // namespace detail
 
 }  // namespace hxq

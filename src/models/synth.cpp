@@ -31,9 +31,10 @@ constexpr Mamba2Shape kMamba1[] = {
 // Zyphra's Zamba2 releases. 2.7b: Zyphra/Zamba2 config.json (54 layers, hidden 2560, state 64,
 // 2 shared blocks, LoRA rank 128, 32 heads, vocab 32000, hybrid layers as transformers' default
 // layers_block_type) with transformers' defaults for the rest (intermediate 4·hidden, mamba head
-// dim 64, GELU MLP, MLP adapters only, no RoPE). 1.2b: Zamba2-1.2B (38 layers, hidden 2048,
-// hybrid layers 5, 11, ..., 35, one shared block, LoRA rank 128 on MLP and q/k/v, RoPE, state 64,
-// 32 heads, intermediate 8192, mamba head dim 64, vocab 32000).
+// dim 64, GELU MLP, MLP adapters only, no RoPE). 1.2b: Zamba2-1.2B as its model card describes it
+// (38 layers, hidden 2048, hybrid layers 5, 11, ..., 35, one shared block, LoRA rank 128 on MLP and
+// q/k/v, RoPE, state 64, 32 heads, intermediate 8192, mamba head dim 64, vocab 32000); its
+// config.json could not be read offline, so these shapes are not checked value by value.
 struct Zamba2Shape {
   const char* name;
   int64_t hidden, layers, mem_blocks, heads, intermediate, rank, state, mamba_head_dim, vocab;
