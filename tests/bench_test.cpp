@@ -55,6 +55,9 @@ TEST(BenchEngine, TinyMamba2GivesSaneFigures) {
   EXPECT_TRUE(positive_finite(r.membw_gb_per_s));
   EXPECT_TRUE(positive_finite(r.ceiling_tokens_per_s));
   EXPECT_TRUE(positive_finite(r.ceiling_fraction));
+  ASSERT_EQ(r.ceiling_fraction_runs.size(), size_t(o.repeats));
+  for (size_t i = 0; i < r.ceiling_fraction_runs.size(); ++i)  // each repeat's decode over its own probe
+    EXPECT_NEAR(r.ceiling_fraction_runs[i], r.decode_runs[i] * double(r.bytes.total()) / (r.membw_runs[i] * 1e9), 1e-9);
 
   // Byte counts: weights from the model, the whole recurrent state read and written.
   EXPECT_EQ(r.bytes.weights, model->decode_weight_bytes());

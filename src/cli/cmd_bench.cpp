@@ -1,5 +1,6 @@
 // `hxq bench`: prefill / decode speed of a model against the machine's memory-bandwidth ceiling,
 // or (--membw) just the machine's measured read bandwidth and peak FMA rate.
+#include <algorithm>
 #include <cstdio>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -42,7 +43,10 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
   std::printf("machine  %d thread%s, %s kernels, ", r.threads, r.threads == 1 ? "" : "s",
               std::string(isa_name(kernel_isa())).c_str());
   if (m.hxq_modules > 0) std::printf("HXQ decode %s, ", hxq_math_name(m).c_str());
-  if (r.membw_gb_per_s > 0) std::printf("read bandwidth %.1f GB/s (median of %zu)\n", r.membw_gb_per_s, r.membw_runs.size());
+  if (r.membw_gb_per_s > 0)
+    std::printf("read bandwidth %.1f GB/s (median of %zu, %.1f-%.1f)\n", r.membw_gb_per_s, r.membw_runs.size(),
+                *std::min_element(r.membw_runs.begin(), r.membw_runs.end()),
+                *std::max_element(r.membw_runs.begin(), r.membw_runs.end()));
   else std::printf("read bandwidth not measured\n");
   std::printf("\n%-9s %8s %12s %12s %9s\n", "phase", "tokens", "tokens/s", "ceiling", "of ceil.");
   if (r.prompt > 0) std::printf("%-9s %8lld %12.1f %12s %9s\n", "prefill", (long long)r.prompt, r.prefill_tokens_per_s, "-", "-");
@@ -56,6 +60,10 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
   std::printf("\nper decoded token: %.2f MB (weights %.2f MB + state %.2f MB), achieved %.1f GB/s\n",
               double(r.bytes.total()) / 1e6, double(r.bytes.weights) / 1e6, double(r.bytes.state) / 1e6,
               r.bandwidth_gb_per_s);
+  if (r.ceiling_fraction_runs.size() > 1)
+    std::printf("decode / ceiling per repeat (bandwidth probed after each): %.0f-%.0f %%\n",
+                100.0 * *std::min_element(r.ceiling_fraction_runs.begin(), r.ceiling_fraction_runs.end()),
+                100.0 * *std::max_element(r.ceiling_fraction_runs.begin(), r.ceiling_fraction_runs.end()));
   std::printf("peak RSS %.1f MB; medians of %d repeats\n", double(r.peak_rss_bytes) / 1e6, r.repeats);
 }
 
@@ -131,6 +139,7 @@ void add_bench(CLI::App& app) {
                        {"membw_runs", r.membw_runs},
                        {"ceiling_tokens_per_s", r.ceiling_tokens_per_s},
                        {"ceiling_fraction", r.ceiling_fraction},
+                       {"ceiling_fraction_runs", r.ceiling_fraction_runs},
                        {"peak_rss_bytes", r.peak_rss_bytes}};
       std::printf("%s\n", j.dump().c_str());
     } else {

@@ -106,7 +106,7 @@ BenchResult run_bench(const Model& model, const std::string& dir, const BenchOpt
   // The bandwidth is measured right after each repeat's decode, so that decode and its ceiling
   // see the same machine load (on a shared machine both drift); the fraction of the ceiling is
   // the median of the per-repeat ratios.
-  std::vector<double> fractions;
+  std::vector<double>& fractions = r.ceiling_fraction_runs;
   for (int rep = 0; rep < opt.repeats; ++rep) {
     state->reset();
     if (!prompt.empty()) {

@@ -43,6 +43,7 @@ struct BenchResult {
   double membw_gb_per_s = 0;              // median measured read bandwidth (0: not measured)
   double ceiling_tokens_per_s = 0;        // membw / bytes per token (0: not measured)
   double ceiling_fraction = 0;            // median over repeats of decode tokens/s / that repeat's ceiling
+  std::vector<double> ceiling_fraction_runs;  // those per-repeat fractions (their spread: min .. max)
   uint64_t peak_rss_bytes = 0;            // VmHWM (or getrusage's maximum RSS) after the first repeat,
                                           // before the bandwidth test's buffer
 };

@@ -332,23 +332,15 @@ struct FastTables {
   float cs = 0;          // codebook step
 };
 
-// The 16-bit codebook of hxq2_gemm.h: q[j] = round(c[j] / cs), cs = max|c| / 16383; returns cs.
-float quant_codebook(const float* cb, int n, int16_t* q) {
-  double m = 0;
-  for (int i = 0; i < n; ++i) m = std::max(m, std::fabs(double(cb[i])));
-  for (int i = 0; i < n; ++i) q[i] = m > 0 ? int16_t(std::lrint(double(cb[i]) * 16383.0 / m)) : int16_t(0);
-  return float(m / 16383.0);
-}
-
-FastTables fast_tables(const Hxq2View& w) {
+// Byte tables of the 16-bit codebook (hxq2_quant_codebook).
+FastTables fast_tables(const Hxq2QuantX& qx, int bits) {
   FastTables t;
-  const int n = 1 << w.bits;
-  int16_t q[64] = {};
-  t.cs = quant_codebook(w.codebook, n, q);
+  const int n = 1 << bits;
+  t.cs = qx.cs;
   alignas(16) uint8_t lb[64] = {}, hb[64] = {};
   for (int i = 0; i < n; ++i) {
-    lb[i] = uint8_t(uint16_t(q[i]) & 0xff);
-    hb[i] = uint8_t(uint16_t(q[i]) >> 8);
+    lb[i] = uint8_t(uint16_t(qx.cbq[i]) & 0xff);
+    hb[i] = uint8_t(uint16_t(qx.cbq[i]) >> 8);
   }
   for (int j = 0; j < 4; ++j) {
     t.lo[j] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(lb + 16 * j)));
@@ -471,7 +463,7 @@ void fast_rows_t(const Hxq2QuantX& qx, const FastTables& tb, const Hxq2View& w, 
 
 void hxq2_fast_rows_avx2(const Hxq2QuantX& q, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   const bool g16 = w.group == 16;
-  const FastTables tb = fast_tables(w);
+  const FastTables tb = fast_tables(q, w.bits);
   switch (w.bits) {
     case 4: return g16 ? fast_rows_t<4, 16>(q, tb, w, n0, n1, Y, ldy) : fast_rows_t<4, 32>(q, tb, w, n0, n1, Y, ldy);
     case 5: return g16 ? fast_rows_t<5, 16>(q, tb, w, n0, n1, Y, ldy) : fast_rows_t<5, 32>(q, tb, w, n0, n1, Y, ldy);

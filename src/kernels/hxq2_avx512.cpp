@@ -29,19 +29,15 @@ struct Tables {
   float cs = 0;          // codebook step
 };
 
-// The 16-bit codebook of hxq2_gemm.h (q = round(c / cs), cs = max|c| / 16383) as byte planes.
-Tables make_tables(const Hxq2View& w) {
+// Byte planes of the 16-bit codebook (hxq2_quant_codebook).
+Tables make_tables(const Hxq2QuantX& qx) {
   Tables t;
-  const int n = 1 << w.bits;
-  alignas(64) uint8_t lb[256] = {}, hb[256] = {};
-  double m = 0;
-  for (int i = 0; i < n; ++i) m = std::max(m, std::fabs(double(w.codebook[i])));
-  for (int i = 0; i < n; ++i) {
-    const int16_t q = m > 0 ? int16_t(std::lrint(double(w.codebook[i]) * 16383.0 / m)) : int16_t(0);
-    lb[i] = uint8_t(uint16_t(q) & 0xff);
-    hb[i] = uint8_t(uint16_t(q) >> 8);
+  alignas(64) uint8_t lb[256], hb[256];
+  for (int i = 0; i < 256; ++i) {
+    lb[i] = uint8_t(uint16_t(qx.cbq[i]) & 0xff);
+    hb[i] = uint8_t(uint16_t(qx.cbq[i]) >> 8);
   }
-  t.cs = float(m / 16383.0);
+  t.cs = qx.cs;
   for (int j = 0; j < 4; ++j) {
     t.lo[j] = _mm512_load_si512(lb + 64 * j);
     t.hi[j] = _mm512_load_si512(hb + 64 * j);
@@ -216,7 +212,7 @@ void fast_rows_t(const Hxq2QuantX& qx, const Tables& tb, const Hxq2View& w, int6
 void hxq2_fast_rows_avx512(const Hxq2QuantX& q, const Hxq2View& w, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   if (q.chunk != 64 || q.nibble_lanes != (w.bits < 8))
     fail("hxq2_fast_rows_avx512: X quantised in another order (chunk {})", q.chunk);
-  const Tables tb = make_tables(w);
+  const Tables tb = make_tables(q);
   const bool g16 = w.group == 16;
   switch (w.bits) {
     case 5: return g16 ? fast_rows_t<5, 16>(q, tb, w, n0, n1, Y, ldy) : fast_rows_t<5, 32>(q, tb, w, n0, n1, Y, ldy);

@@ -88,7 +88,11 @@ struct Hxq2QuantX {
   bool nibble_lanes = false;      // chunk 64: blocks in the order 0, 2, 1, 3
   std::vector<int16_t> q;         // [T][K32], permuted per chunk as above
   std::vector<float> xs;          // [T][ceil(K / kHxq2XBlock)]
+  int16_t cbq[256] = {};          // the 16-bit codebook of the weight (hxq2_quant_codebook)
+  float cs = 0;                   // its step
 };
+// The 16-bit codebook (above) of w into q.cbq / q.cs, once per product (not per task).
+void hxq2_quant_codebook(const Hxq2View& w, Hxq2QuantX& q);
 // False when X holds a non-finite value (the caller then takes the exact path).
 bool hxq2_quant_x(const float* X, int64_t T, int64_t K, Hxq2QuantX& q, int chunk = 32, bool nibble_lanes = false);
 // Y[t, n] for n in [n0, n1), t < q.T <= 8, without the sidecar (AVX2 + FMA CPUs only; b <= 6,
