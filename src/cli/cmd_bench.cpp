@@ -29,6 +29,7 @@ nlohmann::json summary_json(const ModelSummary& s) {
 // "exact", or "exact (no fast kernel on this CPU)" (e.g. 8-bit v2 layers, helix layers without
 // AVX-512 VBMI + VNNI).
 std::string hxq_math_name(const ModelSummary& m) {
+  if (m.hxq_modules == 0) return "none (no HXQ layers)";
   if (hxq_math() == HxqMath::Exact) return "exact";
   if (m.hxq_fast_modules == 0) return "exact (no fast kernel on this CPU)";
   if (m.hxq_fast_modules == m.hxq_modules) return "fast";
