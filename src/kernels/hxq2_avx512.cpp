@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "kernels/hxq2_gemm.h"
+#include "kernels/row_chunks.h"
 
 namespace hxq::detail {
 
@@ -195,16 +196,10 @@ void fast_rows(const Hxq2QuantX& qx, int64_t t0, const Tables& tb, const Hxq2Vie
 
 template <int B, int G>
 void fast_rows_t(const Hxq2QuantX& qx, const Tables& tb, const Hxq2View& w, int64_t n0, int64_t n1, float* Y,
-                  int64_t ldy) {
-  for (int64_t t = 0; t < qx.T; t += 4) {
-    float* y = Y + t * ldy;
-    switch (std::min<int64_t>(4, qx.T - t)) {
-      case 1: fast_rows<B, G, 1>(qx, t, tb, w, n0, n1, y, ldy); break;
-      case 2: fast_rows<B, G, 2>(qx, t, tb, w, n0, n1, y, ldy); break;
-      case 3: fast_rows<B, G, 3>(qx, t, tb, w, n0, n1, y, ldy); break;
-      default: fast_rows<B, G, 4>(qx, t, tb, w, n0, n1, y, ldy); break;
-    }
-  }
+                 int64_t ldy) {
+  for_row_chunks(qx.T, [&](auto tt, int64_t t) {
+    fast_rows<B, G, decltype(tt)::value>(qx, t, tb, w, n0, n1, Y + t * ldy, ldy);
+  });
 }
 
 }  // namespace
