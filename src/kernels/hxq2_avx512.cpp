@@ -159,7 +159,7 @@ inline __m512 lane_scales(const Hxq2View& w, const uint8_t* codes, int64_t c0, i
 
 template <int B, int G, int TT>
 void fast_rows(const Hxq2QuantX& qx, int64_t t0, const Tables& tb, const Hxq2View& w, int64_t n0, int64_t n1,
-                float* Y, int64_t ldy) {
+               float* Y, int64_t ldy) {
   const int64_t K = w.cols, rb = w.row_bytes(), ng = w.groups();
   const int64_t nxb = (K + kHxq2XBlock - 1) / kHxq2XBlock;
   const int16_t* xq = qx.q.data() + t0 * qx.K32;
