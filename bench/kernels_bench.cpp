@@ -395,6 +395,10 @@ void matvec_shapes(benchmark::internal::Benchmark* b, int64_t th) {
     b->Args({8512, 2048, T, th});
     b->Args({2048, 4096, T, th});
   }
+  // Zamba2-1.2B's shared block (inputs of 2 x hidden): MLP down projection, and a LoRA adapter's
+  // B matrix (rank 128) of the fused gate/up projection.
+  b->Args({4096, 8192, 1, th});
+  b->Args({16384, 128, 1, th});
   if (th != 1) b->UseRealTime();
   b->Unit(benchmark::kMicrosecond);
 }
