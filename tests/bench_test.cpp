@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "core/threadpool.h"
 #include "eval/bench.h"
 #include "models/model.h"
@@ -129,6 +130,39 @@ TEST(BenchEngine, EmptyPhasesAndBadOptions) {
   EXPECT_THROW(run_bench(*model, dir, o), Error);
 }
 
+// --profile: the decode steps' linear layers, each forward counted once with its weight bytes
+// (for Mamba2 every weight byte a decode step reads is a linear layer's), inside the decode time.
+TEST(BenchEngine, ProfileCountsEveryLinearForwardOfDecode) {
+  for (const char* fixture : {kMamba, kLlama}) {
+    HXQ_REQUIRE_DATA(std::string(fixture) + "/model.safetensors");
+    const std::string dir = test::data_path(fixture);
+    auto model = load_model(dir);
+    BenchOptions o = small_options();
+    o.profile = true;
+    const BenchResult r = run_bench(*model, dir, o);
+    ASSERT_FALSE(r.profile.empty()) << fixture;
+    EXPECT_EQ(r.profile_tokens, o.gen * o.repeats);
+    double secs = 0;
+    uint64_t bytes = 0;
+    for (const OpStat& op : r.profile) {
+      EXPECT_GT(op.calls, 0) << op.label;
+      EXPECT_EQ(op.calls % r.profile_tokens, 0) << op.label;  // the same layers every step
+      EXPECT_EQ(op.label.find(" T="), std::string::npos) << op.label;  // one row of X each
+      secs += op.seconds;
+      bytes += op.bytes;
+    }
+    EXPECT_LE(secs, r.profile_decode_seconds);
+    if (std::string(fixture) == kMamba) EXPECT_EQ(bytes, uint64_t(r.profile_tokens) * model->decode_weight_bytes());
+    EXPECT_FALSE(op_profile_enabled());  // recording stops with the decode steps
+  }
+  // Off by default: nothing recorded.
+  HXQ_REQUIRE_DATA(std::string(kMamba) + "/model.safetensors");
+  auto model = load_model(test::data_path(kMamba));
+  const BenchResult r = run_bench(*model, test::data_path(kMamba), small_options());
+  EXPECT_TRUE(r.profile.empty());
+  EXPECT_EQ(r.profile_tokens, 0);
+}
+
 TEST(BenchCli, JsonSmoke) {
   HXQ_REQUIRE_DATA(std::string(kMamba) + "/model.safetensors");
   auto r = test::run_cli({"bench", "-m", test::data_path(kMamba), "--prompt", "17", "--gen", "4", "--repeats", "1",
@@ -152,6 +186,21 @@ TEST(BenchCli, JsonSmoke) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("decode"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("prefill"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("decode profile"), std::string::npos) << r.out;
+
+  // --profile: the table in text, the ops in JSON.
+  r = test::run_cli({"bench", "-m", test::data_path(kMamba), "--prompt", "8", "--gen", "2", "--repeats", "1",
+                     "--membw-mb", "0", "--profile"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("decode profile"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rest (attention"), std::string::npos) << r.out;
+  r = test::run_cli({"bench", "-m", test::data_path(kMamba), "--prompt", "8", "--gen", "2", "--repeats", "1",
+                     "--membw-mb", "0", "--profile", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto jp = nlohmann::json::parse(r.out);
+  EXPECT_EQ(jp.at("profile").at("tokens").get<int64_t>(), 2);
+  ASSERT_FALSE(jp.at("profile").at("ops").empty());
+  EXPECT_GT(jp.at("profile").at("ops")[0].at("weight_bytes").get<uint64_t>(), 0u);
 }
 
 TEST(BenchCli, MembwOnlyAndUsageErrors) {

@@ -66,6 +66,21 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
                 100.0 * *std::min_element(r.ceiling_fraction_runs.begin(), r.ceiling_fraction_runs.end()),
                 100.0 * *std::max_element(r.ceiling_fraction_runs.begin(), r.ceiling_fraction_runs.end()));
   std::printf("peak RSS %.1f MB; medians of %d repeats\n", double(r.peak_rss_bytes) / 1e6, r.repeats);
+  if (r.profile_tokens > 0) {
+    const double tok = double(r.profile_tokens), total = r.profile_decode_seconds;
+    std::printf("\ndecode profile: linear layers by storage and shape, %lld tokens (all repeats)\n",
+                (long long)r.profile_tokens);
+    std::printf("%-34s %11s %9s %7s %8s\n", "op", "calls/tok", "ms/tok", "share", "GB/s");
+    double in_ops = 0;
+    for (const OpStat& o : r.profile) {
+      in_ops += o.seconds;
+      std::printf("%-34s %11.1f %9.3f %6.1f%% %8.1f\n", o.label.c_str(), double(o.calls) / tok, 1e3 * o.seconds / tok,
+                  total > 0 ? 100.0 * o.seconds / total : 0.0, o.seconds > 0 ? double(o.bytes) / o.seconds / 1e9 : 0.0);
+    }
+    const double rest = std::max(0.0, total - in_ops);
+    std::printf("%-34s %11s %9.3f %6.1f%% %8s\n", "rest (attention, norms, scans, ...)", "-", 1e3 * rest / tok,
+                total > 0 ? 100.0 * rest / total : 0.0, "-");
+  }
 }
 
 }  // namespace
@@ -91,6 +106,8 @@ void add_bench(CLI::App& app) {
   sub->add_option("--membw-mb", o->membw_mb, "Buffer of the bandwidth test in MiB (default 512; 0 = skip)")
       ->check(CLI::Range(0.0, 1e6));
   sub->add_flag("--membw", o->membw_only, "Only measure the machine's read bandwidth and peak FMA rate");
+  sub->add_flag("--profile", o->b.profile,
+                "Also time the linear layers during decode, by storage and shape (ms/token, share, GB/s)");
   sub->add_flag("--json", o->json, "Print one JSON object");
   add_threads_option(sub, o->threads);
   add_exact_option(sub, o->exact);
@@ -142,6 +159,12 @@ void add_bench(CLI::App& app) {
                        {"ceiling_fraction", r.ceiling_fraction},
                        {"ceiling_fraction_runs", r.ceiling_fraction_runs},
                        {"peak_rss_bytes", r.peak_rss_bytes}};
+      if (r.profile_tokens > 0) {
+        nlohmann::json ops = nlohmann::json::array();
+        for (const OpStat& op : r.profile)
+          ops.push_back({{"op", op.label}, {"calls", op.calls}, {"seconds", op.seconds}, {"weight_bytes", op.bytes}});
+        j["profile"] = {{"tokens", r.profile_tokens}, {"decode_seconds", r.profile_decode_seconds}, {"ops", ops}};
+      }
       std::printf("%s\n", j.dump().c_str());
     } else {
       print_table(o->model, r, load_s);

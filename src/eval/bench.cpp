@@ -107,6 +107,7 @@ BenchResult run_bench(const Model& model, const std::string& dir, const BenchOpt
   // see the same machine load (on a shared machine both drift); the fraction of the ceiling is
   // the median of the per-repeat ratios.
   std::vector<double>& fractions = r.ceiling_fraction_runs;
+  if (opt.profile) op_profile_clear();
   for (int rep = 0; rep < opt.repeats; ++rep) {
     state->reset();
     if (!prompt.empty()) {
@@ -117,9 +118,18 @@ BenchResult run_bench(const Model& model, const std::string& dir, const BenchOpt
     }
     double tps = 0;
     if (!steps.empty()) {
+      struct Recording {  // the profile records the decode steps only, and stops on any exit
+        bool on;
+        explicit Recording(bool o) : on(o) { if (on) op_profile_enable(true); }
+        ~Recording() { if (on) op_profile_enable(false); }
+      } recording(opt.profile);
       const auto t0 = Clock::now();
       for (const int32_t& id : steps) model.forward(*state, std::span(&id, 1), 0, logits.data());
       const double s = seconds_since(t0);
+      if (opt.profile) {
+        r.profile_decode_seconds += s;
+        r.profile_tokens += int64_t(steps.size());
+      }
       tps = s > 0 ? double(steps.size()) / s : 0.0;
       r.decode_runs.push_back(tps);
     }
@@ -130,6 +140,7 @@ BenchResult run_bench(const Model& model, const std::string& dir, const BenchOpt
       if (!steps.empty() && bw > 0 && r.bytes.total() > 0) fractions.push_back(tps * double(r.bytes.total()) / (bw * 1e9));
     }
   }
+  if (opt.profile) r.profile = op_profile_stats();
   r.prefill_tokens_per_s = median(r.prefill_runs);
   r.decode_tokens_per_s = median(r.decode_runs);
   r.bandwidth_gb_per_s = double(r.bytes.total()) * r.decode_tokens_per_s * 1e-9;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/op_profile.h"
 #include "models/model.h"
 
 namespace hxq {
@@ -19,6 +20,7 @@ struct BenchOptions {
   // the engine's pool): buffer size in bytes (0: not measured, ceiling figures stay 0), repeats.
   size_t membw_bytes = size_t(512) << 20;
   int membw_repeats = 5;
+  bool profile = false;  // record the linear layers' time during the decode steps (core/op_profile.h)
 };
 
 // Bytes read and written per decoded token, by origin.
@@ -46,6 +48,11 @@ struct BenchResult {
   std::vector<double> ceiling_fraction_runs;  // those per-repeat fractions (their spread: min .. max)
   uint64_t peak_rss_bytes = 0;            // VmHWM (or getrusage's maximum RSS) after the first repeat,
                                           // before the bandwidth test's buffer
+  // With BenchOptions::profile: the linear layers' decode time by storage and shape, over all
+  // repeats, and the decode time they were part of (the rest: attention, norms, scans, sync).
+  std::vector<OpStat> profile;
+  double profile_decode_seconds = 0;
+  int64_t profile_tokens = 0;
 };
 
 // Runs the benchmark on `model` with the current global pool (set_num_threads beforehand).

@@ -1,8 +1,12 @@
 #include "kernels/linear.h"
 
+#include <chrono>
+#include <fmt/format.h>
+
 #include "codec/hxq2_weight.h"
 #include "codec/hxq_weight.h"
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
@@ -90,12 +94,26 @@ Linear Linear::hxq(std::shared_ptr<const HxqWeight> w, std::vector<float> bias) 
 }
 
 void Linear::forward(const float* X, int64_t T, float* Y) const {
+  const bool prof = op_profile_enabled();
+  const auto t0 = prof ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
   if (kind_ == Kind::Hxq) hxq_->forward(X, T, Y);
   else if (kind_ == Kind::Hxq2) hxq2_->forward(X, T, Y);
   else gemm_dense(X, T, in_, data_, dtype_, out_, Y);
   if (!bias_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t o = 0; o < out_; ++o) Y[t * out_ + o] += bias_[size_t(o)];
+  if (prof)
+    op_profile_add(profile_label(T), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                   weight_bytes());
+}
+
+std::string Linear::profile_label(int64_t T) const {
+  std::string kind = kind_ == Kind::Hxq    ? "HXQ helix"
+                     : kind_ == Kind::Hxq2 ? fmt::format("HXQ v2 {}-bit", hxq2_->bits())
+                                           : fmt::format("dense {}", dtype_name(dtype_));
+  std::string l = fmt::format("{} {}x{}", kind, out_, in_);
+  if (T != 1) l += fmt::format(" T={}", T);
+  return l;
 }
 
 void Linear::row(int64_t r, float* out) const {

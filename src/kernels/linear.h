@@ -52,6 +52,9 @@ class Linear {
   void row(int64_t r, float* out) const;
   // Bytes of weight data read by one forward (codebook, indices and sidecar for HXQ).
   size_t weight_bytes() const;
+  // The label of this layer's forwards in the op profile (core/op_profile.h): storage and shape,
+  // e.g. "HXQ v2 8-bit 4096x8192", "dense BF16 32000x2048" (+ " T=n" for n rows of X).
+  std::string profile_label(int64_t T) const;
 
  private:
   Kind kind_ = Kind::Dense;
