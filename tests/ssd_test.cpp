@@ -93,6 +93,45 @@ TEST(SsdKernels, ReductionsAndElementwiseMatchScalar) {
   }
 }
 
+// Decode attention (kernels/ssd.h attn_scores / attn_accumulate): every key count around the
+// 4-key blocks, head sizes around the vector width and the 8-register accumulator, against the
+// scalar loops; each output within kRel of the sum of its terms' magnitudes; nothing written
+// past the n scores or the hd accumulators.
+TEST(SsdKernels, AttentionScoresAndAccumulateMatchScalar) {
+  const auto& ref = sd::ssd_kernels_scalar();
+  std::mt19937 rng(9);
+  for (Isa isa : simd_isas()) {
+    const auto& k = table(isa);
+    for (int64_t hd : {1, 8, 15, 16, 48, 64, 100, 128, 129, 256})
+      for (int64_t n : {1, 3, 4, 5, 9, 64, 130}) {
+        const std::string w = std::string(isa_name(isa)) + " hd=" + std::to_string(hd) + " n=" + std::to_string(n);
+        const auto q = randn(size_t(hd), rng), K = randn(size_t(n * hd), rng), V = randn(size_t(n * hd), rng);
+        std::vector<float> s1(size_t(n) + 1, 7.0f), s2 = s1;
+        k.attn_scores(q.data(), K.data(), n, hd, 0.125f, s1.data());
+        ref.attn_scores(q.data(), K.data(), n, hd, 0.125f, s2.data());
+        for (int64_t j = 0; j < n; ++j) {
+          double mag = 0;
+          for (int64_t e = 0; e < hd; ++e) mag += std::fabs(double(q[size_t(e)]) * K[size_t(j * hd + e)]);
+          ASSERT_LE(std::fabs(s1[size_t(j)] - s2[size_t(j)]), kRel * 0.125 * mag + 1e-30) << w << " key " << j;
+        }
+        EXPECT_EQ(s1[size_t(n)], 7.0f) << w << ": wrote past the scores";
+        auto p = randn(size_t(n), rng);
+        for (auto& x : p) x = std::fabs(x);
+        std::vector<float> a1 = randn(size_t(hd), rng), a2 = a1;
+        a1.push_back(7.0f);
+        a2.push_back(7.0f);
+        k.attn_accumulate(p.data(), V.data(), n, hd, a1.data());
+        ref.attn_accumulate(p.data(), V.data(), n, hd, a2.data());
+        for (int64_t e = 0; e < hd; ++e) {
+          double mag = std::fabs(a2[size_t(e)]);
+          for (int64_t j = 0; j < n; ++j) mag += std::fabs(double(p[size_t(j)]) * V[size_t(j * hd + e)]);
+          ASSERT_LE(std::fabs(a1[size_t(e)] - a2[size_t(e)]), kRel * mag) << w << " lane " << e;
+        }
+        EXPECT_EQ(a1[size_t(hd)], 7.0f) << w << ": wrote past the accumulator";
+      }
+  }
+}
+
 TEST(SsdKernels, ConvStepAndRowsMatchScalar) {
   const auto& ref = sd::ssd_kernels_scalar();
   std::mt19937 rng(2);

@@ -87,6 +87,19 @@ void scale_s(const float* x, float s, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = s * x[i];
 }
 
+void attn_scores_s(const float* q, const float* K, int64_t n, int64_t hd, float scale, float* s) {
+  for (int64_t j = 0; j < n; ++j) {
+    float d = 0;
+    for (int64_t e = 0; e < hd; ++e) d += q[e] * K[j * hd + e];
+    s[j] = scale * d;
+  }
+}
+
+void attn_accumulate_s(const float* p, const float* V, int64_t n, int64_t hd, float* acc) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t e = 0; e < hd; ++e) acc[e] += p[j] * V[j * hd + e];
+}
+
 void selective_scan_s(const ScanArgs& a, int64_t c0, int64_t c1) {
   const int64_t C = a.C, N = a.N;
   for (int64_t c = c0; c < c1; ++c) {
@@ -114,7 +127,7 @@ void selective_scan_s(const ScanArgs& a, int64_t c0, int64_t c1) {
 const SsdKernels& ssd_kernels_scalar() {
   static const SsdKernels k{sumsq_s,     add_sumsq_s, scale_mul_s, gate_silu_sumsq_s, conv_step_s,
                             conv_rows_s, ssm_step_s,  decay_row_s, axpby_s,           mul_s,
-                            scale_s,     selective_scan_s};
+                            scale_s,     selective_scan_s, attn_scores_s, attn_accumulate_s};
   return k;
 }
 
@@ -137,6 +150,12 @@ constexpr int64_t kMaxSimdTaps = 16;
 }  // namespace
 
 float sumsq(const float* x, int64_t n) { return active().sumsq(x, n); }
+void attn_scores(const float* q, const float* K, int64_t n, int64_t hd, float scale, float* s) {
+  active().attn_scores(q, K, n, hd, scale, s);
+}
+void attn_accumulate(const float* p, const float* V, int64_t n, int64_t hd, float* acc) {
+  active().attn_accumulate(p, V, n, hd, acc);
+}
 float add_sumsq(float* h, const float* a, int64_t n) { return active().add_sumsq(h, a, n); }
 void scale_mul(const float* x, const float* w, float s, int64_t n, float* y) { active().scale_mul(x, w, s, n, y); }
 float gate_silu_sumsq(float* y, const float* z, int64_t n) { return active().gate_silu_sumsq(y, z, n); }

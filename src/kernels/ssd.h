@@ -65,6 +65,11 @@ void mul(const float* x, const float* w, float* y, int64_t n);
 // y[i] = s · x[i]
 void scale(const float* x, float s, float* y, int64_t n);
 
+// Attention of one query over n keys (rows of hd floats, row j at K + j·hd / V + j·hd):
+// s[j] = scale · q·K[j], and acc[e] += Σ_j p[j] · V[j][e].
+void attn_scores(const float* q, const float* K, int64_t n, int64_t hd, float scale, float* s);
+void attn_accumulate(const float* p, const float* V, int64_t n, int64_t hd, float* acc);
+
 }  // namespace hxq::ssd
 
 namespace hxq::ssd::detail {
@@ -83,6 +88,8 @@ struct SsdKernels {
   void (*mul)(const float*, const float*, float*, int64_t);
   void (*scale)(const float*, float, float*, int64_t);
   void (*selective_scan)(const ScanArgs&, int64_t, int64_t);
+  void (*attn_scores)(const float*, const float*, int64_t, int64_t, float, float*);
+  void (*attn_accumulate)(const float*, const float*, int64_t, int64_t, float*);
 };
 
 const SsdKernels& ssd_kernels_scalar();

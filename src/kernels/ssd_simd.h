@@ -4,6 +4,7 @@
 // sub, mul, div, fma (a·b + c), min, max, hsum, and exp (relative error < 2e-7 where the result
 // is a normal float).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/ssd.h"
@@ -241,10 +242,68 @@ struct SsdImpl {
     if (c < c1) scan_block<false>(a, c, int(c1 - c));
   }
 
+  // Four keys at a time (independent FMA chains), one horizontal sum per key.
+  static void attn_scores(const float* q, const float* K, int64_t n, int64_t hd, float scale, float* s) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const float* k0 = K + j * hd;
+      V a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+      int64_t e = 0;
+      for (; e + W <= hd; e += W) {
+        const V qv = S::load(q + e);
+        a0 = S::fma(qv, S::load(k0 + e), a0);
+        a1 = S::fma(qv, S::load(k0 + hd + e), a1);
+        a2 = S::fma(qv, S::load(k0 + 2 * hd + e), a2);
+        a3 = S::fma(qv, S::load(k0 + 3 * hd + e), a3);
+      }
+      if (e < hd) {
+        const int r = int(hd - e);
+        const V qv = S::loadn(q + e, r);
+        a0 = S::fma(qv, S::loadn(k0 + e, r), a0);
+        a1 = S::fma(qv, S::loadn(k0 + hd + e, r), a1);
+        a2 = S::fma(qv, S::loadn(k0 + 2 * hd + e, r), a2);
+        a3 = S::fma(qv, S::loadn(k0 + 3 * hd + e, r), a3);
+      }
+      s[j] = scale * S::hsum(a0);
+      s[j + 1] = scale * S::hsum(a1);
+      s[j + 2] = scale * S::hsum(a2);
+      s[j + 3] = scale * S::hsum(a3);
+    }
+    for (; j < n; ++j) {
+      const float* kj = K + j * hd;
+      V a = S::zero();
+      int64_t e = 0;
+      for (; e + W <= hd; e += W) a = S::fma(S::load(q + e), S::load(kj + e), a);
+      if (e < hd) a = S::fma(S::loadn(q + e, int(hd - e)), S::loadn(kj + e, int(hd - e)), a);
+      s[j] = scale * S::hsum(a);
+    }
+  }
+
+  // acc += Σ_j p[j] V[j]: up to 8 vectors of acc stay in registers while the keys stream by.
+  static void attn_accumulate(const float* p, const float* Vm, int64_t n, int64_t hd, float* acc) {
+    constexpr int kR = 8;
+    for (int64_t e0 = 0; e0 < hd; e0 += kR * W) {
+      const int64_t m = std::min<int64_t>(kR * W, hd - e0);
+      const int nv = int((m + W - 1) / W), last = int(m - int64_t(nv - 1) * W);
+      V a[kR];
+      for (int v = 0; v < nv; ++v) a[v] = v + 1 < nv || last == W ? S::load(acc + e0 + v * W) : S::loadn(acc + e0 + v * W, last);
+      for (int64_t j = 0; j < n; ++j) {
+        const V w = S::set1(p[j]);
+        const float* vj = Vm + j * hd + e0;
+        for (int v = 0; v < nv; ++v)
+          a[v] = S::fma(w, v + 1 < nv || last == W ? S::load(vj + v * W) : S::loadn(vj + v * W, last), a[v]);
+      }
+      for (int v = 0; v < nv; ++v) {
+        if (v + 1 < nv || last == W) S::store(acc + e0 + v * W, a[v]);
+        else S::storen(acc + e0 + v * W, a[v], last);
+      }
+    }
+  }
+
   static const SsdKernels& table() {
     static const SsdKernels k{sumsq,    add_sumsq, scale_mul, gate_silu_sumsq, conv_step,
                               conv_rows, ssm_step, decay_row, axpby,           mul,
-                              scale,     selective_scan};
+                              scale,     selective_scan, attn_scores, attn_accumulate};
     return k;
   }
 };

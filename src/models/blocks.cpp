@@ -141,26 +141,12 @@ void causal_attention(const float* q_all, int64_t T, int64_t H, const KVCache& k
       for (int64_t t = b * QB; t < std::min(T, (b + 1) * QB); ++t) {
         const float* q = q_all + t * qd + hh * hd;
         const int64_t n = pos0 + t + 1;  // causal: keys 0 .. pos0 + t
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) {
-          const float v = dot8(q, K + j * hdl, hdl) * sscale;
-          sc[size_t(j)] = v;
-          mx = std::max(mx, v);
-        }
+        // scores = scale · q·K[j] and acc = Σ_j p_j V[j] by the SIMD kernels of kernels/ssd.h.
+        ssd::attn_scores(q, K, n, hdl, sscale, sc.data());
+        const float mx = *std::max_element(sc.begin(), sc.begin() + n);
         const float sum = exp_shifted(sc.data(), n, mx);
         std::fill(acc.begin(), acc.end(), 0.0f);
-        float* a = acc.data();
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) {  // four keys per pass over acc
-          const float w0 = sc[size_t(j)], w1 = sc[size_t(j + 1)], w2 = sc[size_t(j + 2)], w3 = sc[size_t(j + 3)];
-          const float *v0 = V + j * hd, *v1 = v0 + hd, *v2 = v1 + hd, *v3 = v2 + hd;
-          for (int64_t e = 0; e < hd; ++e) a[e] += (w0 * v0[e] + w1 * v1[e]) + (w2 * v2[e] + w3 * v3[e]);
-        }
-        for (; j < n; ++j) {
-          const float w = sc[size_t(j)];
-          const float* vj = V + j * hd;
-          for (int64_t e = 0; e < hd; ++e) a[e] += w * vj[e];
-        }
+        ssd::attn_accumulate(sc.data(), V, n, hdl, acc.data());
         const float inv = 1.0f / sum;
         float* o = out + t * qd + hh * hd;
         for (int64_t e = 0; e < hd; ++e) o[e] = acc[size_t(e)] * inv;
