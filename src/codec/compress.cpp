@@ -81,8 +81,8 @@ const std::vector<std::string>& module_suffixes() {
 // reads a normalised or activated input of comparable scale) — its size the bytes it stores. From
 // 4 bits everywhere, the upgrade (to any higher width) with the largest cost reduction per added
 // byte is taken while the total stays within bpw · weights / 8 bytes (see the starts below).
-// Deterministic: ties go to the first tensor in name order. (Measured on mamba2-neox-17m, --bpw 4.5 --group 16, first 8,192
-// WikiText-2 tokens: mean KL 4.03e-3 with this cost, 5.03e-3 with the relative error SSE / Σw².)
+// Deterministic: ties go to the first tensor in name order. (Measured on mamba2-neox-17m, --bpw 4.5
+// --group 16, first 8,192 WikiText-2 tokens: mean KL 4.03e-3 with this cost, 5.03e-3 with the relative error SSE / Σw².)
 std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<std::string>& chosen,
                                      const CompressOptions& opt, const CompressProgress& progress, uint64_t total_bytes) {
   static constexpr int kWidths[4] = {4, 5, 6, 8};

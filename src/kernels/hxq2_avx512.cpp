@@ -47,8 +47,8 @@ Tables make_tables(const Hxq2QuantX& qx) {
 }
 
 // Lane order of the 64 index bytes (and of X, hxq2_quant_x): 128-bit lane L holds columns
-// 16·kLaneBlock[L] .. + 15. b = 8: columns in order; b < 8: chunk 0's low nibbles, chunk 1's low
-// nibbles, chunk 0's high nibbles, chunk 1's high nibbles (one shift and one insert split them).
+// 16·kLaneBlock[L] .. + 15. b = 8: columns in order; b = 5, 6: chunk 0's low nibbles, chunk 1's
+// low nibbles, chunk 0's high nibbles, chunk 1's high nibbles (one shift and one insert split them).
 template <int B>
 constexpr int kLaneBlock[4] = {0, 1, 2, 3};
 template <>

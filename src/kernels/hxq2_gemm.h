@@ -55,9 +55,9 @@ void gemm_hxq2_reference(const float* X, int64_t T, const Hxq2View& w, float* Y)
 // Whether HxqMath::Fast (hxq_gemm.h) has a fast v2 kernel for this bit width with the current
 // kernel ISA: b = 4, 5, 6 on every SIMD ISA (the AVX2 integer kernel below), and b = 8 with the
 // AVX-512 kernels on a CPU with VNNI (hxq2_avx512.cpp: VPERMI2B lookups; that kernel also serves
-// b = 5, 6 there). With AVX2 alone b = 8 is exact: its 256-entry table needs one load per weight either way (a
-// 16-bit table of all index pairs, 256 KiB, halves the loads but measured 0.7x the exact path's
-// speed: it misses in L2).
+// b = 5, 6 there). With AVX2 alone b = 8 is exact: its 256-entry table needs one load per weight
+// either way (a 16-bit table of all index pairs, 256 KiB, halves the loads but measured 0.7x the
+// exact path's speed: it misses in L2).
 bool hxq2_fast_available(int bits);
 
 namespace detail {

@@ -284,18 +284,19 @@ struct SsdImpl {
     constexpr int kR = 8;
     for (int64_t e0 = 0; e0 < hd; e0 += kR * W) {
       const int64_t m = std::min<int64_t>(kR * W, hd - e0);
-      const int nv = int((m + W - 1) / W), last = int(m - int64_t(nv - 1) * W);
+      const int nv = int((m + W - 1) / W), last = int(m - int64_t(nv - 1) * W);  // lanes of vector nv - 1
+      // Vector v at x: full, except a short final vector (its first `last` lanes).
+      auto partial = [&](int v) { return v + 1 == nv && last < W; };
+      auto ld = [&](const float* x, int v) { return partial(v) ? S::loadn(x + v * W, last) : S::load(x + v * W); };
       V a[kR];
-      for (int v = 0; v < nv; ++v) a[v] = v + 1 < nv || last == W ? S::load(acc + e0 + v * W) : S::loadn(acc + e0 + v * W, last);
+      for (int v = 0; v < nv; ++v) a[v] = ld(acc + e0, v);
       for (int64_t j = 0; j < n; ++j) {
         const V w = S::set1(p[j]);
-        const float* vj = Vm + j * hd + e0;
-        for (int v = 0; v < nv; ++v)
-          a[v] = S::fma(w, v + 1 < nv || last == W ? S::load(vj + v * W) : S::loadn(vj + v * W, last), a[v]);
+        for (int v = 0; v < nv; ++v) a[v] = S::fma(w, ld(Vm + j * hd + e0, v), a[v]);
       }
       for (int v = 0; v < nv; ++v) {
-        if (v + 1 < nv || last == W) S::store(acc + e0 + v * W, a[v]);
-        else S::storen(acc + e0 + v * W, a[v], last);
+        if (partial(v)) S::storen(acc + e0 + v * W, a[v], last);
+        else S::store(acc + e0 + v * W, a[v]);
       }
     }
   }

@@ -132,8 +132,6 @@ void causal_attention(const float* q_all, int64_t T, int64_t H, const KVCache& k
   const int64_t QB = 16, nqb = (T + QB - 1) / QB, rep = H / G;
   auto run = [&](int64_t i0, int64_t i1, int) {
     std::vector<float> sc(static_cast<size_t>(pos0 + T)), acc(static_cast<size_t>(hd));
-    const float sscale = scale;  // locals: stores to sc[] cannot alias them
-    const int64_t hdl = hd;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t hh = it / nqb, b = it % nqb, g = hh / rep;
       const float* K = kv.k_at(l, g, 0);
@@ -142,11 +140,11 @@ void causal_attention(const float* q_all, int64_t T, int64_t H, const KVCache& k
         const float* q = q_all + t * qd + hh * hd;
         const int64_t n = pos0 + t + 1;  // causal: keys 0 .. pos0 + t
         // scores = scale · q·K[j] and acc = Σ_j p_j V[j] by the SIMD kernels of kernels/ssd.h.
-        ssd::attn_scores(q, K, n, hdl, sscale, sc.data());
+        ssd::attn_scores(q, K, n, hd, scale, sc.data());
         const float mx = *std::max_element(sc.begin(), sc.begin() + n);
         const float sum = exp_shifted(sc.data(), n, mx);
         std::fill(acc.begin(), acc.end(), 0.0f);
-        ssd::attn_accumulate(sc.data(), V, n, hdl, acc.data());
+        ssd::attn_accumulate(sc.data(), V, n, hd, acc.data());
         const float inv = 1.0f / sum;
         float* o = out + t * qd + hh * hd;
         for (int64_t e = 0; e < hd; ++e) o[e] = acc[size_t(e)] * inv;
