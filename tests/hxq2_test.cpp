@@ -23,7 +23,7 @@
 #include "kernels/dispatch.h"
 #include "kernels/hxq2_gemm.h"
 #include "kernels/hxq_gemm.h"
-#include "kernels/linear.h"
+#include "models/linear.h"
 #include "models/model.h"
 #include "test_util.h"
 #include "tolerances.h"

@@ -18,7 +18,7 @@
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
 #include "kernels/hxq_gemm.h"
-#include "kernels/linear.h"
+#include "models/linear.h"
 #include "test_util.h"
 
 namespace hxq {

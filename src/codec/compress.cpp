@@ -15,8 +15,6 @@
 #include "core/output.h"
 #include "io/checkpoint_writer.h"
 #include "io/safetensors.h"
-#include "kernels/linear.h"
-#include "models/model.h"
 
 namespace hxq {
 
@@ -480,14 +478,18 @@ void decompress_checkpoint(const std::string& in_dir, const std::string& out_dir
     if (!module_tensors.count(n)) w.add(store.get(n));
   }
   for (auto& m : q->compressed_modules) {
-    const Linear l = Linear::hxq(store, m);
-    w.begin_tensor(m + ".weight", DType::F32, {l.out_features(), l.in_features()});
-    std::vector<float> row(static_cast<size_t>(l.in_features()));
-    for (int64_t r = 0; r < l.out_features(); ++r) {
-      l.row(r, row.data());
-      w.write(row.data(), row.size() * 4);
-    }
-    w.end_tensor();
+    // Row by row from either format (helix or v2): the decoded float32 weight.
+    auto write_rows = [&](const auto& weight) {
+      w.begin_tensor(m + ".weight", DType::F32, {weight.rows(), weight.cols()});
+      std::vector<float> row(static_cast<size_t>(weight.cols()));
+      for (int64_t r = 0; r < weight.rows(); ++r) {
+        weight.row(r, row.data());
+        w.write(row.data(), row.size() * 4);
+      }
+      w.end_tensor();
+    };
+    if (is_hxq2_module(store, m)) write_rows(*Hxq2Weight::load(store, m, -1, -1));
+    else write_rows(*HxqWeight::load(store, m, -1, -1));
   }
   w.finish();
   cfg.erase("quantization_config");

@@ -1,6 +1,7 @@
 #include "io/json.h"
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 
 #include "core/error.h"
@@ -107,6 +108,17 @@ double json_float(const json& j, const std::string& what) {
     if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
   }
   fail("{}: expected a number, got {}", what, j.dump());
+}
+
+json load_config(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) fail("{}: not a model directory", dir);
+  auto path = (fs::path(dir) / "config.json").string();
+  if (!fs::exists(path, ec)) fail("{}: missing config.json", dir);
+  json cfg = parse_json_file(path);
+  if (!cfg.is_object()) fail("{}: expected a JSON object", path);
+  return cfg;
 }
 
 }  // namespace hxq

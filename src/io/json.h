@@ -27,4 +27,7 @@ bool json_bool_or(const json& j, const char* key, bool dflt, const std::string& 
 // A number, or transformers 5's {"__float__": "Infinity" | "-Infinity" | "NaN"}.
 double json_float(const json& j, const std::string& what);
 
+// Reads <dir>/config.json of a model directory (one-line errors naming it).
+json load_config(const std::string& dir);
+
 }  // namespace hxq

@@ -8,7 +8,7 @@
 
 #include "io/safetensors.h"
 #include "codec/hxq_weight.h"
-#include "kernels/linear.h"
+#include "models/linear.h"
 
 namespace hxq {
 

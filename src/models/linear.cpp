@@ -1,4 +1,4 @@
-#include "kernels/linear.h"
+#include "models/linear.h"
 
 #include <chrono>
 #include <fmt/format.h>
