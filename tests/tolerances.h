@@ -17,6 +17,17 @@ inline constexpr float kHiddenAbs = 2e-3f;
 // SSD vs recurrent step), so the same bound as against transformers.
 inline constexpr float kDecodeVsPrefillAbs = 2e-3f;
 
+// decode_batch rows vs single-sequence forwards (B > 1; B = 1 is bit for bit). The linears run on
+// B rows instead of one: dense layers sum in the same order up to the decode kernels' row limit
+// and through the packed prefill kernel beyond it (measured: <= 6.4e-7 on the tiny models,
+// 3.8e-6 on mamba2-neox-17m), but HXQ layers also change math with the row count — the default
+// fast decode math (16-bit X and codebook, kernels/hxq_gemm.h) serves up to 4 (helix) or 8 (v2)
+// rows, more rows take the exact path — so a row may differ by that math's error: measured up
+// to 4.0e-4 (zamba2 tiny, v2; <= 8.1e-7 with HXQ_EXACT=1). 2e-3, the bound of the other
+// same-math-other-order comparisons, leaves 5x margin and is far below any real error (a row
+// given another sequence's state or position misses by O(1)).
+inline constexpr float kBatchVsSingleAbs = 2e-3f;
+
 // HXQ forward vs the dense forward of the decoded weights (issue 3): identical weights, only the
 // summation order inside the kernels differs.
 inline constexpr float kHxqVsDecodedAbs = 1e-4f;

@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "core/threadpool.h"
-#include "kernels/linear.h"
+#include "models/linear.h"
 #include "kernels/ssd.h"
 
 namespace hxq {
@@ -125,35 +125,80 @@ void KVCache::reserve(int64_t n, int64_t keep) {
   cap = nc;
 }
 
+namespace {
+
+// One head's query over keys 0 .. n-1: o = softmax(scale · q·Kᵀ) · V (rows of hd floats), with
+// sc [n] and acc [hd] as scratch; scores and sums by the SIMD kernels of kernels/ssd.h.
+inline void attend(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale, float* sc,
+                   float* acc, float* o) {
+  ssd::attn_scores(q, K, n, hd, scale, sc);
+  const float mx = *std::max_element(sc, sc + n);
+  const float sum = exp_shifted(sc, n, mx);
+  std::fill(acc, acc + hd, 0.0f);
+  ssd::attn_accumulate(sc, V, n, hd, acc);
+  const float inv = 1.0f / sum;
+  for (int64_t e = 0; e < hd; ++e) o[e] = acc[e] * inv;
+}
+
+// Waking the pool costs more than a few thousand multiply-adds (decode of small models).
+constexpr int64_t kMinParallelAttention = int64_t(1) << 16;
+
+}  // namespace
+
+void KVCache::copy_prefix(const KVCache& o, int64_t n) {
+  if (o.layers != layers || o.kvh != kvh || o.hd != hd)
+    fail("KV cache copy: shapes [{}, {}, {}] and [{}, {}, {}] do not match", layers, kvh, hd, o.layers, o.kvh, o.hd);
+  if (n == 0 || layers * kvh * hd == 0) return;  // nothing to copy (or a cache of no attention layer)
+  if (n < 0 || n > o.cap) fail("KV cache copy: {} positions of a cache holding {}", n, o.cap);
+  reserve(n, 0);
+  for (int64_t s = 0; s < layers * kvh; ++s) {
+    std::copy_n(o.k.data() + s * o.cap * hd, n * hd, k.data() + s * cap * hd);
+    std::copy_n(o.v.data() + s * o.cap * hd, n * hd, v.data() + s * cap * hd);
+  }
+}
+
 void causal_attention(const float* q_all, int64_t T, int64_t H, const KVCache& kv, int64_t l, int64_t pos0,
                       float scale, float* out) {
   const int64_t G = kv.kvh, hd = kv.hd, qd = H * hd;
   // Work items: (head, block of queries).
   const int64_t QB = 16, nqb = (T + QB - 1) / QB, rep = H / G;
   auto run = [&](int64_t i0, int64_t i1, int) {
-    std::vector<float> sc(static_cast<size_t>(pos0 + T)), acc(static_cast<size_t>(hd));
+    thread_local std::vector<float> sc_buf, acc_buf;  // each thread its own, grown once
+    float* sc = grow(sc_buf, pos0 + T);
+    float* acc = grow(acc_buf, hd);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t hh = it / nqb, b = it % nqb, g = hh / rep;
       const float* K = kv.k_at(l, g, 0);
       const float* V = kv.v_at(l, g, 0);
-      for (int64_t t = b * QB; t < std::min(T, (b + 1) * QB); ++t) {
-        const float* q = q_all + t * qd + hh * hd;
-        const int64_t n = pos0 + t + 1;  // causal: keys 0 .. pos0 + t
-        // scores = scale · q·K[j] and acc = Σ_j p_j V[j] by the SIMD kernels of kernels/ssd.h.
-        ssd::attn_scores(q, K, n, hd, scale, sc.data());
-        const float mx = *std::max_element(sc.begin(), sc.begin() + n);
-        const float sum = exp_shifted(sc.data(), n, mx);
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        ssd::attn_accumulate(sc.data(), V, n, hd, acc.data());
-        const float inv = 1.0f / sum;
-        float* o = out + t * qd + hh * hd;
-        for (int64_t e = 0; e < hd; ++e) o[e] = acc[size_t(e)] * inv;
-      }
+      for (int64_t t = b * QB; t < std::min(T, (b + 1) * QB); ++t)  // causal: keys 0 .. pos0 + t
+        attend(q_all + t * qd + hh * hd, K, V, pos0 + t + 1, hd, scale, sc, acc, out + t * qd + hh * hd);
     }
   };
-  // Waking the pool costs more than a few thousand multiply-adds (decode of small models).
-  if (H * T * (pos0 + T) * hd < (int64_t(1) << 16)) run(0, H * nqb, 0);
+  if (H * T * (pos0 + T) * hd < kMinParallelAttention) run(0, H * nqb, 0);
   else pool().parallel_for(H * nqb, run);
+}
+
+void decode_attention(const float* q, int64_t B, int64_t H, const KVCache* const* kv, const int64_t* pos, int64_t l,
+                      float scale, float* out) {
+  if (B <= 0) return;
+  const int64_t hd = kv[0]->hd, qd = H * hd;
+  int64_t work = 0, longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    work += H * (pos[b] + 1) * hd;
+    longest = std::max(longest, pos[b] + 1);
+  }
+  auto run = [&](int64_t i0, int64_t i1, int) {
+    thread_local std::vector<float> sc, acc;  // each thread its own, grown once
+    float* s = grow(sc, longest);
+    float* a = grow(acc, hd);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t b = it / H, hh = it % H, g = hh / (H / kv[b]->kvh);
+      attend(q + b * qd + hh * hd, kv[b]->k_at(l, g, 0), kv[b]->v_at(l, g, 0), pos[b] + 1, hd, scale, s, a,
+             out + b * qd + hh * hd);
+    }
+  };
+  if (work < kMinParallelAttention) run(0, B * H, 0);
+  else pool().parallel_for(B * H, run);
 }
 
 }  // namespace hxq

@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/error.h"
+#include "models/model.h"
+
 namespace hxq {
 
 class Linear;
@@ -26,6 +29,20 @@ inline float dot8(const float* a, const float* b, int64_t n) {
   float s = 0;
   for (; i < n; ++i) s += a[i] * b[i];
   return s + ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// `st` as the architecture's state type S ("<what>(): a state of another model" otherwise).
+template <class S>
+S& state_as(ModelState& st, const char* what) {
+  auto* p = dynamic_cast<S*>(&st);
+  if (!p) fail("{}: a state of another model", what);
+  return *p;
+}
+template <class S>
+const S& state_as(const ModelState& st, const char* what) {
+  auto* p = dynamic_cast<const S*>(&st);
+  if (!p) fail("{}: a state of another model", what);
+  return *p;
 }
 
 inline float softplus(float x) {  // torch.nn.functional.softplus, beta=1, threshold=20
@@ -64,6 +81,9 @@ class KVCache {
   const float* k_at(int64_t l, int64_t g, int64_t p) const { return k.data() + ((l * kvh + g) * cap + p) * hd; }
   const float* v_at(int64_t l, int64_t g, int64_t p) const { return v.data() + ((l * kvh + g) * cap + p) * hd; }
   size_t bytes() const { return (k.size() + v.size()) * sizeof(float); }
+  // This cache = the first n positions of `o` (a cache of the same shape), growing the capacity
+  // only when it is below n (a fresh cache gets about n positions, not o's capacity).
+  void copy_prefix(const KVCache& o, int64_t n);
 
   const int64_t layers, kvh, hd, max_ctx;
   int64_t cap = 0;
@@ -76,5 +96,11 @@ class KVCache {
 // q and out are [T, H·head_dim].
 void causal_attention(const float* q, int64_t T, int64_t H, const KVCache& kv, int64_t l, int64_t pos0, float scale,
                       float* out);
+
+// One query for each of B sequences: out[b] = the attention of q[b] at position pos[b] over keys
+// 0 .. pos[b] of layer l of kv[b], exactly as causal_attention(q[b], 1, H, *kv[b], l, pos[b],
+// scale, out[b]) computes it; the (sequence, head) pairs run in parallel. q and out [B, H·head_dim].
+void decode_attention(const float* q, int64_t B, int64_t H, const KVCache* const* kv, const int64_t* pos, int64_t l,
+                      float scale, float* out);
 
 }  // namespace hxq

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/threadpool.h"
@@ -25,6 +26,11 @@ struct Layer {
   std::vector<float> D;             // [d_inner]
 };
 
+// Buffers of a pass over the layers (not part of the state proper).
+struct Mamba1Buffers {
+  std::vector<float> h, xn, out, logits, xz, xc, xdb, dtin, dt, y, conv_tail;
+};
+
 class Mamba1State final : public ModelState {
  public:
   explicit Mamba1State(const Mamba1Config& c)
@@ -32,6 +38,8 @@ class Mamba1State final : public ModelState {
         ssm_stride(c.d_state * c.d_inner),
         conv(size_t(c.n_layer * conv_stride), 0.0f),
         ssm(size_t(c.n_layer * ssm_stride), 0.0f) {}
+  Mamba1State(const Mamba1State& o)  // the state proper, not the buffers
+      : conv_stride(o.conv_stride), ssm_stride(o.ssm_stride), conv(o.conv), ssm(o.ssm), pos(o.pos) {}
   void reset() override {
     std::fill(conv.begin(), conv.end(), 0.0f);
     std::fill(ssm.begin(), ssm.end(), 0.0f);
@@ -39,13 +47,22 @@ class Mamba1State final : public ModelState {
   }
   int64_t position() const override { return pos; }
   size_t bytes() const override { return (conv.size() + ssm.size()) * sizeof(float); }
+  std::unique_ptr<ModelState> clone() const override { return std::make_unique<Mamba1State>(*this); }
+  void copy_from(const ModelState& other) override {
+    const auto& o = state_as<Mamba1State>(other, "copy_from");
+    if (o.conv.size() != conv.size() || o.ssm.size() != ssm.size()) fail("copy_from: a state of another model");
+    conv = o.conv;  // same sizes: no allocation
+    ssm = o.ssm;
+    pos = o.pos;
+  }
+  float* conv_at(int64_t l) { return conv.data() + l * conv_stride; }
+  float* ssm_at(int64_t l) { return ssm.data() + l * ssm_stride; }
 
   const int64_t conv_stride, ssm_stride;
   std::vector<float> conv;  // [layer][d_conv-1][d_inner]: the last conv inputs, oldest first
   std::vector<float> ssm;   // [layer][d_state][d_inner]
   int64_t pos = 0;
-  // Buffers of a forward pass (not part of the state proper: bytes() does not count them).
-  std::vector<float> h, xn, out, logits, xz, xc, xdb, dtin, dt, y, conv_tail;
+  Mamba1Buffers buf;
 };
 
 // x [T, n] row by row: x / sqrt(mean(x²) + eps) (Falcon-Mamba's weightless rms_forward), in place
@@ -124,77 +141,123 @@ class Mamba1Model final : public Model {
                ForwardTrace* trace) const override {
     auto& st = dynamic_cast<Mamba1State&>(state_base);
     const auto& c = cfg_;
-    const int64_t T = int64_t(ids.size()), d = c.d_model;
+    const int64_t T = int64_t(ids.size());
     if (T == 0) return;
     if (logits && (logits_from < 0 || logits_from > T)) fail("forward: logits_from {} outside [0, {}]", logits_from, T);
-    float* h = grow(st.h, T * d);
-    float* xn = grow(st.xn, T * d);
-    float* out = grow(st.out, T * d);
+    Mamba1State* seq = &st;
+    layers({&seq, 1}, ids, st.buf, trace);
+    st.pos += T;
+    const int64_t d = c.d_model;
+    if (logits && logits_from < T)
+      head_logits(io_.head(), st.buf.xn.data() + logits_from * d, T - logits_from, c.vocab, logits, st.buf.logits);
+  }
+
+  // The layers on B rows, one token of each sequence (the mixers' conv and scan per sequence).
+  void decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, float* logits) const override {
+    const auto& c = cfg_;
+    const int64_t B = int64_t(states.size());
+    check_decode_batch(states, ids, c.vocab);
+    if (B == 0) return;
+    std::lock_guard lock(batch_mu_);
+    batch_st_.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) {
+      const Mamba1State& st = *(batch_st_[size_t(b)] = &state_as<Mamba1State>(*states[size_t(b)], "decode_batch"));
+      if (st.conv_stride != (c.d_conv - 1) * c.d_inner || st.ssm_stride != c.d_state * c.d_inner ||
+          st.conv.size() != size_t(c.n_layer * st.conv_stride))
+        fail("decode_batch: a state of another model");
+    }
+    layers(batch_st_, ids, batch_, nullptr);
+    for (Mamba1State* st : batch_st_) st->pos += 1;
+    if (logits) head_logits(io_.head(), batch_.xn.data(), B, c.vocab, logits, batch_.logits);
+  }
+
+ private:
+  // The final-norm output of the T = ids.size() rows in w.xn [T, d_model]. The rows are the
+  // tokens of one sequence when seqs has one state, else row t is one token of sequence seqs[t].
+  void layers(std::span<Mamba1State* const> seqs, std::span<const int32_t> ids, Mamba1Buffers& w,
+              ForwardTrace* trace) const {
+    const auto& c = cfg_;
+    const int64_t T = int64_t(ids.size()), d = c.d_model;
+    float* h = grow(w.h, T * d);
+    float* xn = grow(w.xn, T * d);
+    float* out = grow(w.out, T * d);
     io_.embed(ids, c.vocab, h);
     add_rmsnorm_rows(h, nullptr, T, d, layers_[0].norm_w.data(), c.norm_eps, xn);
     for (int64_t li = 0; li < c.n_layer; ++li) {
-      mixer(layers_[size_t(li)], li, st, xn, T, out);
+      mixer(layers_[size_t(li)], li, seqs, w, xn, T, out);
       // residual (fp32) h += out, then the next layer's norm (or the final norm) of h into xn
       const float* next_w = li + 1 < c.n_layer ? layers_[size_t(li + 1)].norm_w.data() : norm_f_.data();
       add_rmsnorm_rows(h, out, T, d, next_w, c.norm_eps, xn);
       if (trace) trace->hidden_states.emplace_back(h, h + T * d);
     }
     if (trace) trace->hidden_states.emplace_back(xn, xn + T * d);
-    st.pos += T;
-    if (logits && logits_from < T) head_logits(io_.head(), xn + logits_from * d, T - logits_from, c.vocab, logits, st.logits);
   }
 
- private:
-  // out [T, d_model] = MambaMixer(xn) for layer li, continuing its conv window and SSM state:
+  // out [T, d_model] = MambaMixer(xn) for layer li, continuing the conv windows and SSM states
+  // of the rows' sequences (as layers() describes them):
   //   (x, z) = in_proj(xn);  x = silu(conv1d(x));  (dt, B, C) = x_proj(x);  dt = dt_proj(dt)
   //   y = selective_scan(x, softplus(dt), A = −exp(A_log), B, C, D) · silu(z);  out = out_proj(y)
-  void mixer(const Layer& L, int64_t li, Mamba1State& st, const float* xn, int64_t T, float* out) const {
+  // The linears run on all T rows; the conv and the scan on each sequence's run of rows.
+  void mixer(const Layer& L, int64_t li, std::span<Mamba1State* const> seqs, Mamba1Buffers& w, const float* xn,
+             int64_t T, float* out) const {
     const auto& c = cfg_;
     const int64_t DI = c.d_inner, N = c.d_state, R = c.dt_rank, XP = c.x_proj_dim();
-    float* xz = grow(st.xz, T * 2 * DI);
+    const int64_t runs = int64_t(seqs.size()), run_len = runs == 1 ? T : 1;  // sequence r: rows r·run_len ...
+    float* xz = grow(w.xz, T * 2 * DI);
     L.in_proj.forward(xn, T, xz);
 
-    float* xc = grow(st.xc, T * DI);
-    causal_conv_silu(xz, 2 * DI, T, st.conv.data() + li * st.conv_stride, L.conv_wt.data(), L.conv_b.data(), DI,
-                     c.d_conv, xc, st.conv_tail);
+    float* xc = grow(w.xc, T * DI);
+    for (int64_t r = 0; r < runs; ++r)
+      causal_conv_silu(xz + r * run_len * 2 * DI, 2 * DI, run_len, seqs[size_t(r)]->conv_at(li), L.conv_wt.data(),
+                       L.conv_b.data(), DI, c.d_conv, xc + r * run_len * DI, w.conv_tail);
 
-    float* xdb = grow(st.xdb, T * XP);  // [T][dt_rank | B | C]
+    float* xdb = grow(w.xdb, T * XP);  // [T][dt_rank | B | C]
     L.x_proj.forward(xc, T, xdb);
     if (c.bcdt_norm) {
       rms_rows_inplace(xdb, T, R, XP, c.bcdt_eps);
       rms_rows_inplace(xdb + R, T, N, XP, c.bcdt_eps);
       rms_rows_inplace(xdb + R + N, T, N, XP, c.bcdt_eps);
     }
-    float* dtin = grow(st.dtin, T * R);
+    float* dtin = grow(w.dtin, T * R);
     for (int64_t t = 0; t < T; ++t) std::copy_n(xdb + t * XP, R, dtin + t * R);
-    float* dt = grow(st.dt, T * DI);  // dt_proj(dt) + bias; the scan applies softplus
+    float* dt = grow(w.dt, T * DI);  // dt_proj(dt) + bias; the scan applies softplus
     L.dt_proj.forward(dtin, T, dt);
 
-    float* y = grow(st.y, T * DI);
-    ssd::ScanArgs a;
-    a.C = DI;
-    a.N = N;
-    a.T = T;
-    a.S = st.ssm.data() + li * st.ssm_stride;
-    a.A = L.A.data();
-    a.D = L.D.data();
-    a.x = xc;
-    a.ldx = DI;
-    a.dt = dt;
-    a.lddt = DI;
-    a.z = xz + DI;
-    a.ldz = 2 * DI;
-    a.B = xdb + R;
-    a.Cm = xdb + R + N;
-    a.ldbc = XP;
-    a.y = y;
-    a.ldy = DI;
-    // Tasks of whole vectors of 16 channels, each at least ~16K state updates.
+    float* y = grow(w.y, T * DI);
+    // Sequence r's scan arguments (its state, its rows).
+    auto scan_args = [&](int64_t r) {
+      const int64_t r0 = r * run_len;
+      ssd::ScanArgs a;
+      a.C = DI;
+      a.N = N;
+      a.T = run_len;
+      a.S = seqs[size_t(r)]->ssm_at(li);
+      a.A = L.A.data();
+      a.D = L.D.data();
+      a.x = xc + r0 * DI;
+      a.ldx = DI;
+      a.dt = dt + r0 * DI;
+      a.lddt = DI;
+      a.z = xz + r0 * 2 * DI + DI;
+      a.ldz = 2 * DI;
+      a.B = xdb + r0 * XP + R;
+      a.Cm = xdb + r0 * XP + R + N;
+      a.ldbc = XP;
+      a.y = y + r0 * DI;
+      a.ldy = DI;
+      return a;
+    };
+    // Tasks of whole vectors of 16 channels of one sequence, each at least ~16K state updates
+    // (item i: sequence i / blocks, channel block i % blocks).
     constexpr int64_t kBlock = 16;
     const int64_t blocks = (DI + kBlock - 1) / kBlock;
-    pool().parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
-      ssd::selective_scan(a, b0 * kBlock, std::min(DI, b1 * kBlock));
-    }, row_grain(kBlock * N * T));
+    pool().parallel_for(runs * blocks, [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t r = i / blocks, b0 = i % blocks, b1 = std::min(blocks, b0 + (i1 - i));
+        ssd::selective_scan(scan_args(r), b0 * kBlock, std::min(DI, b1 * kBlock));
+        i += b1 - b0;
+      }
+    }, row_grain(kBlock * N * run_len));
     L.out_proj.forward(y, T, out);
   }
 
@@ -203,6 +266,10 @@ class Mamba1Model final : public Model {
   EmbeddingHead io_;
   std::vector<float> norm_f_;
   std::vector<Layer> layers_;
+  // decode_batch's buffers, reused from call to call (one caller at a time).
+  mutable std::mutex batch_mu_;
+  mutable std::vector<Mamba1State*> batch_st_;
+  mutable Mamba1Buffers batch_;
 };
 
 }  // namespace

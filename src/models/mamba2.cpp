@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/threadpool.h"
@@ -30,7 +31,17 @@ class Mamba2State final : public ModelState {
   }
   int64_t position() const override { return pos; }
   size_t bytes() const override { return cache.bytes(); }
+  std::unique_ptr<ModelState> clone() const override { return std::make_unique<Mamba2State>(cache, pos); }
+  void copy_from(const ModelState& other) override {
+    const auto& o = state_as<Mamba2State>(other, "copy_from");
+    if (o.cache.conv.size() != cache.conv.size() || o.cache.ssm.size() != cache.ssm.size())
+      fail("copy_from: a state of another model");
+    cache.conv = o.cache.conv;  // same sizes: no allocation
+    cache.ssm = o.cache.ssm;
+    pos = o.pos;
+  }
 
+  Mamba2State(const Mamba2Cache& c, int64_t p) : cache(c), pos(p) {}
   Mamba2Cache cache;
   int64_t pos = 0;
   // Buffers (not part of the state proper: bytes() does not count them).
@@ -109,12 +120,56 @@ class Mamba2Model final : public Model {
     if (logits && logits_from < T) head_logits(io_.head(), xn + logits_from * d, T - logits_from, c.vocab, logits, st.logits);
   }
 
+  // forward()'s layer loop on B rows, one token of each sequence: the norms, in_proj/out_proj and
+  // the head on all rows, each mixer's conv and SSM step on each sequence's own state.
+  void decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, float* logits) const override {
+    const auto& c = cfg_;
+    const int64_t B = int64_t(states.size()), d = c.d_model;
+    check_decode_batch(states, ids, c.vocab);
+    if (B == 0) return;
+    std::lock_guard lock(batch_.mu);
+    Batch& w = batch_;
+    w.st.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) {
+      w.st[size_t(b)] = &state_as<Mamba2State>(*states[size_t(b)], "decode_batch");
+      if (!w.st[size_t(b)]->cache.fits(c)) fail("decode_batch: a state of another model");
+    }
+    float* h = grow(w.h, B * d);
+    float* xn = grow(w.xn, B * d);
+    float* out = grow(w.out, B * d);
+    io_.embed(ids, c.vocab, h);
+    add_rmsnorm_rows(h, nullptr, B, d, layers_[0].norm_w.data(), c.norm_eps, xn);
+    w.conv.resize(size_t(B));
+    w.ssm.resize(size_t(B));
+    for (int64_t li = 0; li < c.n_layer; ++li) {
+      for (int64_t b = 0; b < B; ++b) {
+        w.conv[size_t(b)] = w.st[size_t(b)]->cache.conv_at(li);
+        w.ssm[size_t(b)] = w.st[size_t(b)]->cache.ssm_at(li);
+      }
+      layers_[size_t(li)].mixer.decode(c, w.conv.data(), w.ssm.data(), xn, B, out, w.scratch);
+      const float* next_w = li + 1 < c.n_layer ? layers_[size_t(li + 1)].norm_w.data() : norm_f_.data();
+      add_rmsnorm_rows(h, out, B, d, next_w, c.norm_eps, xn);
+    }
+    for (Mamba2State* st : w.st) st->pos += 1;
+    if (logits) head_logits(io_.head(), xn, B, c.vocab, logits, w.logits);
+  }
+
  private:
+  // decode_batch's buffers, reused from call to call (one caller at a time).
+  struct Batch {
+    std::mutex mu;
+    std::vector<Mamba2State*> st;
+    std::vector<float*> conv, ssm;  // one layer's windows and SSM states, per sequence
+    std::vector<float> h, xn, out, logits;
+    Mamba2Scratch scratch;
+  };
+
   Mamba2Config cfg_;
   TensorStore store_;
   EmbeddingHead io_;
   std::vector<float> norm_f_;
   std::vector<Layer> layers_;
+  mutable Batch batch_;
 };
 
 void check_linear(const TensorStore& store, const Linear& l, const std::string& m, int64_t out, int64_t in) {
@@ -151,6 +206,7 @@ int64_t Mamba2Mixer::params() const {
 
 void Mamba2Mixer::forward(const Mamba2Config& c, float* cstate, float* ssm_state, const float* xn, int64_t T,
                           float* out, Mamba2Scratch& s) const {
+  if (T == 1) return decode(c, &cstate, &ssm_state, xn, 1, out, s);
   const int64_t P = c.in_proj_dim(), CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads;
   float* zxbcdt = grow(s.zxbcdt, T * P);
   in_proj.forward(xn, T, zxbcdt);
@@ -169,8 +225,57 @@ void Mamba2Mixer::forward(const Mamba2Config& c, float* cstate, float* ssm_state
 
   float* y = grow(s.y, T * DI);
   scan(c, ssm_state, T, s);
+  gated_norm(c, y, zxbcdt, T);
+  out_proj.forward(y, T, out);
+}
 
-  // Gated RMSNorm: y * silu(z), normalised over d_inner (or per group), times its weight.
+void Mamba2Mixer::decode(const Mamba2Config& c, float* const* conv_state, float* const* ssm_state, const float* xn,
+                         int64_t B, float* out, Mamba2Scratch& s) const {
+  const int64_t P = c.in_proj_dim(), CD = c.conv_dim(), DI = c.d_inner, H = c.n_heads;
+  float* zxbcdt = grow(s.zxbcdt, B * P);
+  in_proj.forward(xn, B, zxbcdt);
+  float* xbc = grow(s.xbc, B * CD);
+  float* dt = grow(s.dt, B * H);
+  float* y = grow(s.y, B * DI);
+  for (int64_t b = 0; b < B; ++b) conv_dt_step(c, conv_state[b], zxbcdt + b * P, xbc + b * CD, dt + b * H);
+  // Item i = (sequence i / H, head i % H); at least 64 KiB of state per task: less is not worth a
+  // second thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / (c.head_dim * c.d_state * int64_t(sizeof(float))));
+  pool().parallel_for(B * H, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t b = i / H, h0 = i % H, h1 = std::min(H, h0 + (i1 - i));
+      ssm_step_heads(c, ssm_state[b], xbc + b * CD, dt + b * H, h0, h1, y + b * DI);
+      i += h1 - h0;
+    }
+  }, grain);
+  gated_norm(c, y, zxbcdt, B);
+  out_proj.forward(y, B, out);
+}
+
+void Mamba2Mixer::conv_dt_step(const Mamba2Config& c, float* conv_state, const float* zxbcdt, float* xbc,
+                               float* dt) const {
+  const int64_t CD = c.conv_dim(), DI = c.d_inner;
+  ssd::conv_step(zxbcdt + DI, conv_state, conv_wt.data(), conv_b.data(), CD, c.d_conv, xbc);
+  for (int64_t hh = 0; hh < c.n_heads; ++hh) {
+    const float v = softplus(zxbcdt[DI + CD + hh] + dt_bias[size_t(hh)]);
+    dt[hh] = float(std::clamp(double(v), c.dt_min, c.dt_max));
+  }
+}
+
+void Mamba2Mixer::ssm_step_heads(const Mamba2Config& c, float* ssm, const float* xbc, const float* dt, int64_t h0,
+                                 int64_t h1, float* y) const {
+  const int64_t DI = c.d_inner, HD = c.head_dim, N = c.d_state, G = c.n_groups, heads_per_group = c.n_heads / G;
+  for (int64_t hh = h0; hh < h1; ++hh) {
+    const int64_t g = hh / heads_per_group;
+    const float dth = dt[hh], decay = std::exp(dth * A[size_t(hh)]);
+    ssd::ssm_step(ssm + hh * HD * N, HD, N, xbc + hh * HD, xbc + DI + g * N, xbc + DI + G * N + g * N, dth, decay,
+                  D[size_t(hh)], y + hh * HD);
+  }
+}
+
+// Gated RMSNorm: y * silu(z), normalised over d_inner (or per group), times its weight.
+void Mamba2Mixer::gated_norm(const Mamba2Config& c, float* y, const float* zxbcdt, int64_t T) const {
+  const int64_t P = c.in_proj_dim(), DI = c.d_inner;
   const int64_t gsize = c.grouped_norm ? DI / c.n_groups : DI;
   pool().parallel_for(T, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -183,7 +288,6 @@ void Mamba2Mixer::forward(const Mamba2Config& c, float* cstate, float* ssm_state
       }
     }
   }, row_grain(DI));
-  out_proj.forward(y, T, out);
 }
 
 // State-space dual (chunked) scan for every head; writes s.y = SSM output + D skip.
@@ -191,7 +295,7 @@ void Mamba2Mixer::forward(const Mamba2Config& c, float* cstate, float* ssm_state
 //   Y    = exp(cum) ⊙ (C · Sᵀ)                       contribution of the state entering the chunk
 //        + ((C · Bᵀ) ⊙ exp(cum[t] − cum[u]) ⊙ dt[u] ⊙ [u ≤ t]) · X      within the chunk
 //   S    = exp(cum[L−1]) S + (X ⊙ exp(cum[L−1] − cum) dt)ᵀ · B
-// as matrix products (the recurrent step for single tokens). Both terms of Y come from one
+// as matrix products (T > 1; single tokens take the recurrent step of decode()). Both terms of Y come from one
 // product: [M | exp(cum) ⊙ C] · [X | S]ᵀ with M the masked decay matrix.
 void Mamba2Mixer::scan(const Mamba2Config& c, float* ssm, int64_t T, Mamba2Scratch& s) const {
   const Mamba2Mixer& L = *this;
@@ -200,19 +304,6 @@ void Mamba2Mixer::scan(const Mamba2Config& c, float* ssm, int64_t T, Mamba2Scrat
   const float* xbc = s.xbc.data();
   const float* dt = s.dt.data();
   float* y = s.y.data();
-  if (T == 1) {  // decode: S = exp(dt A) S + dt x ⊗ B;  y = S · C + D x
-    // At least 64 KiB of state per task: less is not worth a second thread.
-    const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / (HD * N * int64_t(sizeof(float))));
-    pool().parallel_for(H, [&](int64_t h0, int64_t h1, int) {
-      for (int64_t hh = h0; hh < h1; ++hh) {
-        const int64_t g = hh / heads_per_group;
-        const float dth = dt[hh], decay = std::exp(dth * L.A[size_t(hh)]);
-        ssd::ssm_step(ssm + hh * HD * N, HD, N, xbc + hh * HD, xbc + DI + g * N, xbc + DI + G * N + g * N, dth, decay,
-                      L.D[size_t(hh)], y + hh * HD);
-      }
-    }, grain);
-    return;
-  }
   const int64_t nchunks = (T + CS - 1) / CS;
   // Per (group, chunk), shared by the heads of the group: C·Bᵀ, Bᵀ and C.
   float* cb = grow(s.cb, G * nchunks * CS * CS);

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/linear.h"
+#include "models/linear.h"
 #include "models/model.h"
 
 namespace hxq {
@@ -56,6 +56,11 @@ struct Mamba2Cache {
     std::fill(ssm.begin(), ssm.end(), 0.0f);
   }
   size_t bytes() const { return (conv.size() + ssm.size()) * sizeof(float); }
+  // Whether this is the cache of a model with config c (a state of that model).
+  bool fits(const Mamba2Config& c) const {
+    return conv_stride == (c.d_conv - 1) * c.conv_dim() && ssm_stride == c.n_heads * c.head_dim * c.d_state &&
+           conv.size() == size_t(c.n_layer * conv_stride) && ssm.size() == size_t(c.n_layer * ssm_stride);
+  }
   float* conv_at(int64_t l) { return conv.data() + l * conv_stride; }  // [d_conv-1][conv_dim], oldest first
   float* ssm_at(int64_t l) { return ssm.data() + l * ssm_stride; }     // [head][head_dim][d_state]
 
@@ -81,11 +86,27 @@ struct Mamba2Mixer {
   uint64_t weight_bytes() const { return in_proj.weight_bytes() + out_proj.weight_bytes(); }
 
   // out [T, d_model] = mixer(xn [T, d_model]), continuing (and updating) one layer's conv window
-  // and SSM state.
+  // and SSM state: the chunked scan for a prompt, decode()'s recurrent step for T = 1.
   void forward(const Mamba2Config& c, float* conv_state, float* ssm_state, const float* xn, int64_t T, float* out,
                Mamba2Scratch& s) const;
+  // One token of each of B sequences: out[b] = mixer(xn[b]), continuing sequence b's conv window
+  // conv_state[b] and SSM state ssm_state[b] (this layer's). in_proj, the gated norm and out_proj
+  // run on the B rows at once; per sequence the conv step and dt, then the SSM step of every
+  // head, the (sequence, head) pairs in parallel.
+  void decode(const Mamba2Config& c, float* const* conv_state, float* const* ssm_state, const float* xn, int64_t B,
+              float* out, Mamba2Scratch& s) const;
 
  private:
+  // The conv part of one sequence's decode step from its in_proj row zxbcdt: xbc = silu(conv of
+  // the window and xBC) (the window shifts), dt = clamp(softplus(dt_raw + dt_bias)) per head.
+  void conv_dt_step(const Mamba2Config& c, float* conv_state, const float* zxbcdt, float* xbc, float* dt) const;
+  // The recurrent SSM step of heads [h0, h1) of one sequence (its state, xbc, dt and output y):
+  //   S = exp(dt A) S + dt x ⊗ B;   y = S · C + D x.
+  void ssm_step_heads(const Mamba2Config& c, float* ssm_state, const float* xbc, const float* dt, int64_t h0,
+                      int64_t h1, float* y) const;
+  // y [T, d_inner] = gated RMSNorm of y · silu(z), z the first d_inner entries of zxbcdt's rows.
+  void gated_norm(const Mamba2Config& c, float* y, const float* zxbcdt, int64_t T) const;
+  // The chunked SSD scan of T > 1 tokens (s.xbc, s.dt) into s.y.
   void scan(const Mamba2Config& c, float* ssm, int64_t T, Mamba2Scratch& s) const;
 };
 

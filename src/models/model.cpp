@@ -14,15 +14,29 @@ std::vector<std::string> supported_model_types() {
   return {"mamba", "falcon_mamba", "mamba2", "zamba2", "llama", "qwen2"};
 }
 
-json load_config(const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) fail("{}: not a model directory", dir);
-  auto path = (fs::path(dir) / "config.json").string();
-  if (!fs::exists(path, ec)) fail("{}: missing config.json", dir);
-  json cfg = parse_json_file(path);
-  if (!cfg.is_object()) fail("{}: expected a JSON object", path);
-  return cfg;
+void check_decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, int64_t vocab,
+                        int64_t max_context, const std::string& location) {
+  const size_t B = states.size();
+  if (ids.size() != B) fail("decode_batch: {} ids for {} states", ids.size(), B);
+  for (size_t i = 0; i < B; ++i) {
+    if (!states[i]) fail("decode_batch: state {} is null", i);
+    for (size_t j = 0; j < i; ++j)
+      if (states[j] == states[i]) fail("decode_batch: entries {} and {} are the same state", j, i);
+  }
+  for (size_t i = 0; i < B; ++i) {
+    const int64_t n = states[i]->position() + 1;
+    if (max_context > 0 && n > max_context)
+      fail("{}: context of {} tokens exceeds the model's limit of {} (max_position_embeddings in config.json)",
+           location, n, max_context);
+    if (ids[i] < 0 || ids[i] >= vocab) fail("token id {} outside the vocabulary [0, {})", ids[i], vocab);
+  }
+}
+
+void Model::decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, float* logits) const {
+  const int64_t V = vocab_size();
+  check_decode_batch(states, ids, V);
+  for (size_t i = 0; i < states.size(); ++i)
+    forward(*states[i], ids.subspan(i, 1), 0, logits ? logits + int64_t(i) * V : nullptr);
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& opt) {

@@ -11,13 +11,30 @@
 
 namespace hxq {
 
-// Per-sequence mutable state: the recurrent SSM/conv state or a KV cache.
+// Per-sequence mutable state: the recurrent SSM/conv state or a KV cache. One state belongs to
+// one sequence; states of one model are independent of each other (any number may be alive).
 class ModelState {
  public:
   virtual ~ModelState() = default;
   virtual void reset() = 0;
   virtual int64_t position() const = 0;  // tokens consumed so far
   virtual size_t bytes() const = 0;      // memory held by the state
+
+  // A deep copy of the state proper — conv windows, SSM states, the KV cache up to position(),
+  // the position and the rotary state — that continues exactly as this one would, independently
+  // of it. Scratch buffers are not copied, and the KV copy holds only the used prefix.
+  virtual std::unique_ptr<ModelState> clone() const = 0;
+  // Makes this state a deep copy of `other` (a state of the same model), reusing this state's
+  // memory where it is large enough; fails with a one-line error for a state of another kind.
+  virtual void copy_from(const ModelState& other) = 0;
+  // Rewinds to the state after the first n tokens, true when it could. A KV cache (transformers)
+  // can for any 0 <= n <= position(): positions n.. are dropped and the next forward continues at
+  // n (the rotary state is kept, as when transformers crops its cache). A recurrent state (Mamba,
+  // Zamba2) cannot forget tokens: true only for n == position() (nothing to do); otherwise it
+  // returns false and the state is unchanged. n outside [0, position()] returns false.
+  virtual bool truncate(int64_t n) { return n == position(); }
+  // Whether truncate() works for every n in [0, position()] (a KV cache), not only n == position().
+  virtual bool can_truncate() const { return false; }
 };
 
 // Optional per-layer outputs, for checking against transformers' output_hidden_states. For Mamba2
@@ -48,6 +65,21 @@ class Model {
   virtual void forward(ModelState& state, std::span<const int32_t> ids, int64_t logits_from, float* logits,
                        ForwardTrace* trace = nullptr) const = 0;
 
+  // Advances states[i] by the one token ids[i] (i < B = states.size()) in one pass: every weight
+  // is read once for all B sequences (the linears run on B rows), the per-sequence parts
+  // (conv/SSM recurrences, attention over each sequence's own KV cache at its own position, RoPE
+  // at each one's position) run per sequence. logits (when not null) gets B × vocab floats, row i
+  // equal to what forward(*states[i], {ids[i]}, 0, ...) would give: the same math, for B = 1 bit
+  // for bit; for B > 1 float rounding may differ, and HXQ layers may switch between their fast and
+  // exact decode math with the row count (kernels/hxq_gemm.h). States may be at different
+  // positions. A state appearing twice, a null state or one of another model, ids.size() != B, an
+  // id outside the vocabulary or a state at its context limit fail with one-line errors
+  // (forward()'s for the last two) before any state is changed. Buffers are the model's, reused
+  // from call to call (no allocation once warm); concurrent calls on one model are serialised.
+  // The default (for architectures without a batched pass) runs forward() per sequence, checking
+  // the ids first; a context error there leaves the sequences before it advanced.
+  virtual void decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, float* logits) const;
+
   // Bytes read from weights per decoded token (for bandwidth figures).
   virtual uint64_t decode_weight_bytes() const = 0;
 };
@@ -58,10 +90,15 @@ struct LoadOptions {
   int grouped_norm = -1;
 };
 
+// The checks of decode_batch common to every architecture, failing with one-line errors:
+// ids.size() == states.size(), no null and no repeated state, then per entry in order as forward()
+// checks a one-token call: the context limit (max_context > 0: position() + 1 <= max_context, the
+// message naming `location`) and the id (inside [0, vocab)).
+void check_decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, int64_t vocab,
+                        int64_t max_context = 0, const std::string& location = {});
+
 std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& opt = {});
 std::vector<std::string> supported_model_types();
 
-// Reads <dir>/config.json (one-line errors naming it).
-json load_config(const std::string& dir);
 
 }  // namespace hxq

@@ -135,19 +135,21 @@ std::vector<float> RopeConfig::inv_freq(int64_t seq_len) const {
   return inv;
 }
 
+void rope_table_row(const std::vector<float>& inv_freq, int64_t pos, float* cos, float* sin) {
+  const float p = float(pos);
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    const float a = inv_freq[i] * p;  // float32 product, as torch's inv_freq @ position_ids
+    cos[i] = float(std::cos(double(a)));
+    sin[i] = float(std::sin(double(a)));
+  }
+}
+
 void rope_tables(const std::vector<float>& inv_freq, int64_t pos0, int64_t n, std::vector<float>& cos,
                  std::vector<float>& sin) {
   const int64_t half = int64_t(inv_freq.size());
   cos.resize(size_t(n * half));
   sin.resize(size_t(n * half));
-  for (int64_t t = 0; t < n; ++t) {
-    const float p = float(pos0 + t);
-    for (int64_t i = 0; i < half; ++i) {
-      const float a = inv_freq[size_t(i)] * p;  // float32 product, as torch's inv_freq @ position_ids
-      cos[size_t(t * half + i)] = float(std::cos(double(a)));
-      sin[size_t(t * half + i)] = float(std::sin(double(a)));
-    }
-  }
+  for (int64_t t = 0; t < n; ++t) rope_table_row(inv_freq, pos0 + t, cos.data() + t * half, sin.data() + t * half);
 }
 
 void rope_apply(float* x, int64_t heads, int64_t half, const float* c, const float* s) {

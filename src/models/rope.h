@@ -35,6 +35,9 @@ struct RopeConfig {
 void rope_tables(const std::vector<float>& inv_freq, int64_t pos0, int64_t n, std::vector<float>& cos,
                  std::vector<float>& sin);
 
+// One row of those tables: cos/sin [dim/2] of position pos (the same values as rope_tables' row).
+void rope_table_row(const std::vector<float>& inv_freq, int64_t pos, float* cos, float* sin);
+
 // Rotates `heads` consecutive vectors of head_dim = 2*half (HF rotate_half convention: the first
 // half pairs with the second) by the table row c/s [half].
 void rope_apply(float* x, int64_t heads, int64_t half, const float* c, const float* s);

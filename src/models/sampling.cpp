@@ -11,6 +11,7 @@ Sampler::Sampler(const SamplingOptions& o) : o_(o), rng_(o.seed) {
   if (!(o.temperature >= 0.0f) || !std::isfinite(o.temperature)) usage_fail("--temperature must be >= 0");
   if (o.top_k < 0) usage_fail("--top-k must be >= 0");
   if (!(o.top_p > 0.0f && o.top_p <= 1.0f)) usage_fail("--top-p must be in (0, 1]");
+  if (!(o.min_p >= 0.0f && o.min_p <= 1.0f)) usage_fail("--min-p must be in [0, 1]");
 }
 
 int32_t Sampler::next(const float* logits, int64_t vocab) {
@@ -42,6 +43,16 @@ int32_t Sampler::next(const float* logits, int64_t vocab) {
     cand_.resize(std::max<size_t>(1, std::min(n, cand_.size())));
     total = 0;
     for (auto& c : cand_) total += std::exp(double(c.first - mx));
+  }
+  if (o_.min_p > 0.0f) {  // cand_ is sorted: keep the prefix with p >= min_p · p_max (the first always)
+    const double floor = std::log(double(o_.min_p));
+    size_t n = 1;
+    while (n < cand_.size() && double(cand_[n].first - mx) >= floor) ++n;
+    if (n < cand_.size()) {
+      cand_.resize(n);
+      total = 0;
+      for (auto& c : cand_) total += std::exp(double(c.first - mx));
+    }
   }
   double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
   for (auto& c : cand_) {

@@ -1,5 +1,5 @@
 // Choosing the next token from logits: greedy (temperature 0) or seeded sampling with
-// temperature, top-k and top-p (nucleus), in that order, as transformers applies them.
+// temperature, top-k, top-p (nucleus) and min-p, in that order, as transformers applies them.
 #pragma once
 #include <cstdint>
 #include <random>
@@ -11,6 +11,7 @@ struct SamplingOptions {
   float temperature = 0.0f;  // 0 = greedy
   int top_k = 0;             // 0 = off
   float top_p = 1.0f;        // 1 = off
+  float min_p = 0.0f;        // 0 = off: drop tokens less likely than min_p × the most likely one
   uint64_t seed = 0;
 };
 

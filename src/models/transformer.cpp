@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/threadpool.h"
@@ -43,6 +44,14 @@ class KVCacheState final : public ModelState {
       : kv(c.layers, c.kv_heads, c.head_dim, c.max_context()), inv_freq0(std::move(inv0)) {
     reset();
   }
+  KVCacheState(const KVCacheState& o)  // the cache up to pos only, not its capacity
+      : kv(o.kv.layers, o.kv.kvh, o.kv.hd, o.kv.max_ctx),
+        pos(o.pos),
+        inv_freq0(o.inv_freq0),
+        inv_freq(o.inv_freq),
+        rope_len(o.rope_len) {
+    kv.copy_prefix(o.kv, o.pos);
+  }
   void reset() override {
     pos = 0;
     inv_freq = inv_freq0;
@@ -50,6 +59,24 @@ class KVCacheState final : public ModelState {
   }
   int64_t position() const override { return pos; }
   size_t bytes() const override { return kv.bytes(); }
+  std::unique_ptr<ModelState> clone() const override { return std::make_unique<KVCacheState>(*this); }
+  void copy_from(const ModelState& other) override {
+    const auto& o = state_as<KVCacheState>(other, "copy_from");
+    if (o.kv.layers != kv.layers || o.kv.kvh != kv.kvh || o.kv.hd != kv.hd || o.kv.max_ctx != kv.max_ctx ||
+        o.inv_freq0 != inv_freq0)
+      fail("copy_from: a state of another model");
+    kv.copy_prefix(o.kv, o.pos);
+    pos = o.pos;
+    inv_freq = o.inv_freq;
+    rope_len = o.rope_len;
+  }
+  bool can_truncate() const override { return true; }
+  // Positions n.. are dropped (the cache keeps its memory); the rotary state stays.
+  bool truncate(int64_t n) override {
+    if (n < 0 || n > pos) return false;
+    pos = n;
+    return true;
+  }
 
   KVCache kv;
   int64_t pos = 0;
@@ -143,46 +170,93 @@ class TransformerModel final : public Model {
     if (pos0 + T > c.max_context())
       fail("{}: context of {} tokens exceeds the model's limit of {} (max_position_embeddings in config.json)",
            store_.location(), pos0 + T, c.max_context());
-    std::vector<float> h(size_t(T * d));
-    for (int64_t t = 0; t < T; ++t) {
-      int32_t id = ids[size_t(t)];
-      if (id < 0 || id >= c.vocab) fail("token id {} outside the vocabulary [0, {})", id, c.vocab);
-      embedding_.row(id, h.data() + t * d);
-    }
-    if (trace) trace->hidden_states.push_back(h);
-
-    update_rope(st, pos0 + T);
-    Scratch s;
-    rope_tables(st.inv_freq, pos0, T, s.cos, s.sin);
-    st.kv.reserve(pos0 + T, pos0);
-
-    std::vector<float> xn(size_t(T * d)), out(size_t(T * d));
-    for (int64_t li = 0; li < c.layers; ++li) {
-      const Layer& L = layers_[size_t(li)];
-      rmsnorm_rows(h.data(), T, d, L.in_norm.data(), c.rms_eps, xn.data());
-      attention_block(L, li, st, xn.data(), T, out.data(), s);
-      for (size_t i = 0; i < h.size(); ++i) h[i] += out[i];
-      rmsnorm_rows(h.data(), T, d, L.post_norm.data(), c.rms_eps, xn.data());
-      mlp(L, xn.data(), T, out.data(), s);
-      for (size_t i = 0; i < h.size(); ++i) h[i] += out[i];
-      // transformers records each decoder layer's input (entry 0 = embeddings) and replaces the
-      // last layer's output by the final-norm output.
-      if (trace && li + 1 < c.layers) trace->hidden_states.push_back(h);
-    }
-    rmsnorm_rows(h.data(), T, d, norm_.data(), c.rms_eps, xn.data());
-    if (trace) trace->hidden_states.push_back(xn);
+    Buffers w;  // a prompt's buffers live for this call only (states hold none)
+    KVCacheState* seq = &st;
+    layers({&seq, 1}, ids, w, trace);
     st.pos += T;
+    if (logits && logits_from < T) head_logits(head(), w.xn.data() + logits_from * d, T - logits_from, c.vocab, logits, w.logits);
+  }
 
-    if (logits && logits_from < T) {
-      std::vector<float> scratch;
-      head_logits(head(), xn.data() + logits_from * d, T - logits_from, c.vocab, logits, scratch);
+  // The layers on B rows, one token of each sequence: the linears and norms on all rows; RoPE at
+  // each sequence's position, its KV cache and attention per sequence.
+  void decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, float* logits) const override {
+    const auto& c = cfg_;
+    const int64_t B = int64_t(states.size());
+    check_decode_batch(states, ids, c.vocab, c.max_context(), store_.location());
+    if (B == 0) return;
+    std::lock_guard lock(batch_mu_);
+    batch_st_.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) {
+      const KVCacheState& st = *(batch_st_[size_t(b)] = &state_as<KVCacheState>(*states[size_t(b)], "decode_batch"));
+      if (st.kv.layers != c.layers || st.kv.kvh != c.kv_heads || st.kv.hd != c.head_dim ||
+          st.kv.max_ctx != c.max_context() || st.inv_freq0 != inv_freq0_)
+        fail("decode_batch: a state of another model");
     }
+    layers(batch_st_, ids, batch_, nullptr);
+    for (KVCacheState* st : batch_st_) st->pos += 1;
+    if (logits) head_logits(head(), batch_.xn.data(), B, c.vocab, logits, batch_.logits);
   }
 
  private:
-  struct Scratch {
-    std::vector<float> cos, sin, q, k, v, att, g, u;
+  struct Buffers {
+    std::vector<float> h, xn, out, logits, cos, sin, q, k, v, att, g, u;
+    // decode_batch: per sequence its KV cache and position
+    std::vector<const KVCache*> kv;
+    std::vector<int64_t> pos;
   };
+
+  // The final-norm output of the T = ids.size() rows in w.xn [T, hidden]. The rows are the tokens
+  // of one sequence when seqs has one state, else row t is one token of sequence seqs[t].
+  void layers(std::span<KVCacheState* const> seqs, std::span<const int32_t> ids, Buffers& w,
+              ForwardTrace* trace) const {
+    const auto& c = cfg_;
+    const int64_t T = int64_t(ids.size()), d = c.hidden, half = c.head_dim / 2, n = T * d;
+    const bool one = seqs.size() == 1;
+    w.h.resize(size_t(n));
+    float* h = w.h.data();
+    for (int64_t t = 0; t < T; ++t) {
+      int32_t id = ids[size_t(t)];
+      if (id < 0 || id >= c.vocab) fail("token id {} outside the vocabulary [0, {})", id, c.vocab);
+      embedding_.row(id, h + t * d);
+    }
+    if (trace) trace->hidden_states.push_back(w.h);
+
+    for (KVCacheState* st : seqs) update_rope(*st, st->pos + (one ? T : 1));
+    if (one) {
+      rope_tables(seqs[0]->inv_freq, seqs[0]->pos, T, w.cos, w.sin);
+    } else {  // row t: sequence t's frequencies at its position
+      w.cos.resize(size_t(T * half));
+      w.sin.resize(size_t(T * half));
+      for (int64_t t = 0; t < T; ++t)
+        rope_table_row(seqs[size_t(t)]->inv_freq, seqs[size_t(t)]->pos, w.cos.data() + t * half, w.sin.data() + t * half);
+      w.kv.resize(seqs.size());
+      w.pos.resize(seqs.size());
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        w.kv[b] = &seqs[b]->kv;
+        w.pos[b] = seqs[b]->pos;
+      }
+    }
+    for (KVCacheState* st : seqs) st->kv.reserve(st->pos + (one ? T : 1), st->pos);
+
+    w.xn.resize(size_t(n));
+    w.out.resize(size_t(n));
+    float* xn = w.xn.data();
+    float* out = w.out.data();
+    for (int64_t li = 0; li < c.layers; ++li) {
+      const Layer& L = layers_[size_t(li)];
+      rmsnorm_rows(h, T, d, L.in_norm.data(), c.rms_eps, xn);
+      attention_block(L, li, seqs, xn, T, out, w);
+      for (int64_t i = 0; i < n; ++i) h[i] += out[i];
+      rmsnorm_rows(h, T, d, L.post_norm.data(), c.rms_eps, xn);
+      mlp(L, xn, T, out, w);
+      for (int64_t i = 0; i < n; ++i) h[i] += out[i];
+      // transformers records each decoder layer's input (entry 0 = embeddings) and replaces the
+      // last layer's output by the final-norm output.
+      if (trace && li + 1 < c.layers) trace->hidden_states.push_back(w.h);
+    }
+    rmsnorm_rows(h, T, d, norm_.data(), c.rms_eps, xn);
+    if (trace) trace->hidden_states.push_back(w.xn);
+  }
 
   const Linear& head() const { return separate_head_ ? lm_head_ : embedding_; }
 
@@ -212,11 +286,13 @@ class TransformerModel final : public Model {
     }
   }
 
-  void attention_block(const Layer& L, int64_t li, KVCacheState& st, const float* xn, int64_t T, float* out,
-                       Scratch& s) const {
+  // out [T, hidden] = o_proj(attention(q, k, v)) of layer li, the rows as layers() describes them.
+  void attention_block(const Layer& L, int64_t li, std::span<KVCacheState* const> seqs, const float* xn, int64_t T,
+                       float* out, Buffers& s) const {
     const auto& c = cfg_;
     const int64_t H = c.heads, G = c.kv_heads, hd = c.head_dim, half = hd / 2;
-    const int64_t qd = H * hd, kvd = G * hd, pos0 = st.pos;
+    const int64_t qd = H * hd, kvd = G * hd;
+    const bool one = seqs.size() == 1;
     s.q.resize(size_t(T * qd));
     s.k.resize(size_t(T * kvd));
     s.v.resize(size_t(T * kvd));
@@ -228,19 +304,23 @@ class TransformerModel final : public Model {
       const float* sn = s.sin.data() + t * half;
       rope_apply(s.q.data() + t * qd, H, half, cs, sn);
       rope_apply(s.k.data() + t * kvd, G, half, cs, sn);
+      KVCache& kv = seqs[one ? 0 : size_t(t)]->kv;
+      const int64_t p = one ? seqs[0]->pos + t : seqs[size_t(t)]->pos;
       for (int64_t g = 0; g < G; ++g) {
-        std::copy_n(s.k.data() + t * kvd + g * hd, hd, st.kv.k_at(li, g, pos0 + t));
-        std::copy_n(s.v.data() + t * kvd + g * hd, hd, st.kv.v_at(li, g, pos0 + t));
+        std::copy_n(s.k.data() + t * kvd + g * hd, hd, kv.k_at(li, g, p));
+        std::copy_n(s.v.data() + t * kvd + g * hd, hd, kv.v_at(li, g, p));
       }
     }
 
     // softmax(q·K / sqrt(hd) over keys 0..pos) · V, per head and query.
     s.att.resize(size_t(T * qd));
-    causal_attention(s.q.data(), T, H, st.kv, li, pos0, float(1.0 / std::sqrt(double(hd))), s.att.data());
+    const float scale = float(1.0 / std::sqrt(double(hd)));
+    if (one) causal_attention(s.q.data(), T, H, seqs[0]->kv, li, seqs[0]->pos, scale, s.att.data());
+    else decode_attention(s.q.data(), T, H, s.kv.data(), s.pos.data(), li, scale, s.att.data());
     L.o.forward(s.att.data(), T, out);
   }
 
-  void mlp(const Layer& L, const float* xn, int64_t T, float* out, Scratch& s) const {
+  void mlp(const Layer& L, const float* xn, int64_t T, float* out, Buffers& s) const {
     const int64_t I = cfg_.intermediate;
     s.g.resize(size_t(T * I));
     s.u.resize(size_t(T * I));
@@ -257,6 +337,10 @@ class TransformerModel final : public Model {
   std::vector<float> norm_;
   std::vector<Layer> layers_;
   std::vector<float> inv_freq0_;
+  // decode_batch's buffers, reused from call to call (one caller at a time).
+  mutable std::mutex batch_mu_;
+  mutable std::vector<KVCacheState*> batch_st_;
+  mutable Buffers batch_;
 };
 
 }  // namespace

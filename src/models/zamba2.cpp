@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/threadpool.h"
@@ -41,23 +42,46 @@ struct Layer {
   int64_t invocation = -1;    // hybrid layers: index into hybrid_ids
 };
 
+// Buffers of a pass over the layers (not part of the state proper).
+struct Zamba2Buffers {
+  std::vector<float> emb, h, xn, xin, out, logits, cat, xa, q, k, v, att, o, f, gu, m, dn, tr, lora_t, lora_y, cos, sin;
+  Mamba2Scratch scratch;
+  // decode_batch: per sequence, one layer's conv window and SSM state, its KV cache and position
+  std::vector<float*> conv, ssm;
+  std::vector<const KVCache*> kv;
+  std::vector<int64_t> pos;
+};
+
 class Zamba2State final : public ModelState {
  public:
   Zamba2State(const Zamba2Config& c)
       : cache(c.mamba), kv(int64_t(c.hybrid_ids.size()), c.kv_heads, c.head_dim, c.max_position) {}
+  Zamba2State(const Zamba2State& o)  // the state proper (the KV cache up to pos), not the buffers
+      : cache(o.cache), kv(o.kv.layers, o.kv.kvh, o.kv.hd, o.kv.max_ctx), pos(o.pos) {
+    kv.copy_prefix(o.kv, o.pos);
+  }
   void reset() override {
     cache.reset();
     pos = 0;
   }
   int64_t position() const override { return pos; }
   size_t bytes() const override { return cache.bytes() + kv.bytes(); }
+  std::unique_ptr<ModelState> clone() const override { return std::make_unique<Zamba2State>(*this); }
+  void copy_from(const ModelState& other) override {
+    const auto& o = state_as<Zamba2State>(other, "copy_from");
+    if (o.cache.conv.size() != cache.conv.size() || o.cache.ssm.size() != cache.ssm.size() ||
+        o.kv.layers != kv.layers || o.kv.kvh != kv.kvh || o.kv.hd != kv.hd)
+      fail("copy_from: a state of another model");
+    cache.conv = o.cache.conv;  // same sizes: no allocation
+    cache.ssm = o.cache.ssm;
+    kv.copy_prefix(o.kv, o.pos);
+    pos = o.pos;
+  }
 
   Mamba2Cache cache;
   KVCache kv;  // one layer per invocation of a shared block
   int64_t pos = 0;
-  // Buffers (not part of the state proper).
-  std::vector<float> emb, h, xn, xin, out, logits, cat, xa, q, k, v, att, o, f, gu, m, dn, tr, lora_t, lora_y, cos, sin;
-  Mamba2Scratch scratch;
+  Zamba2Buffers buf;
 };
 
 float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * float(M_SQRT1_2))); }
@@ -188,34 +212,31 @@ class Zamba2Model final : public Model {
     if (pos0 + T > c.max_position)
       fail("{}: context of {} tokens exceeds the model's limit of {} (max_position_embeddings in config.json)",
            store_.location(), pos0 + T, c.max_position);
-    float* emb = grow(st.emb, T * D);  // the original embedding, an input of every shared block
-    float* h = grow(st.h, T * D);
-    float* xn = grow(st.xn, T * D);
-    float* xin = grow(st.xin, T * D);
-    float* out = grow(st.out, T * D);
-    io_.embed(ids, c.vocab, emb);
-    std::copy_n(emb, T * D, h);
-    if (!c.hybrid_ids.empty()) st.kv.reserve(pos0 + T, pos0);
-    if (c.rope_on) rope_tables(inv_freq_, pos0, T, st.cos, st.sin);
-    for (int64_t li = 0; li < c.layers; ++li) {
-      // transformers records each layer's input (entry 0 = the embedding)
-      if (trace) trace->hidden_states.emplace_back(h, h + T * D);
-      const Layer& L = layers_[size_t(li)];
-      const float* mamba_in = h;
-      if (L.invocation >= 0) {  // hybrid: h + linear(shared_block(concat(h, emb)))
-        shared_block(L.invocation, st, h, emb, T);
-        L.linear.forward(st.dn.data(), T, st.tr.data());
-        for (int64_t i = 0; i < T * D; ++i) xin[i] = h[i] + st.tr[size_t(i)];
-        mamba_in = xin;
-      }
-      add_rmsnorm_rows(const_cast<float*>(mamba_in), nullptr, T, D, L.norm_w.data(), c.rms_eps, xn);
-      L.mixer.forward(c.mamba, st.cache.conv_at(li), st.cache.ssm_at(li), xn, T, out, st.scratch);
-      for (int64_t i = 0; i < T * D; ++i) h[i] += out[i];  // residual: the layer's input h, not mamba_in
-    }
-    add_rmsnorm_rows(h, nullptr, T, D, final_norm_.data(), c.rms_eps, xn);
-    if (trace) trace->hidden_states.emplace_back(xn, xn + T * D);  // and the final-norm output last
+    Zamba2State* seq = &st;
+    layers({&seq, 1}, ids, st.buf, trace);
     st.pos += T;
-    if (logits && logits_from < T) head_logits(io_.head(), xn + logits_from * D, T - logits_from, c.vocab, logits, st.logits);
+    if (logits && logits_from < T)
+      head_logits(io_.head(), st.buf.xn.data() + logits_from * D, T - logits_from, c.vocab, logits, st.buf.logits);
+  }
+
+  // The layers on B rows, one token of each sequence: the linears, norms and LoRA adapters on all
+  // rows, RoPE, the KV cache and attention, and the Mamba mixers' recurrences per sequence.
+  void decode_batch(std::span<ModelState* const> states, std::span<const int32_t> ids, float* logits) const override {
+    const auto& c = cfg_;
+    const int64_t B = int64_t(states.size());
+    check_decode_batch(states, ids, c.vocab, c.max_position, store_.location());
+    if (B == 0) return;
+    std::lock_guard lock(batch_mu_);
+    batch_st_.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) {
+      const Zamba2State& st = *(batch_st_[size_t(b)] = &state_as<Zamba2State>(*states[size_t(b)], "decode_batch"));
+      if (!st.cache.fits(c.mamba) || st.kv.layers != int64_t(c.hybrid_ids.size()) || st.kv.kvh != c.kv_heads ||
+          st.kv.hd != c.head_dim || st.kv.max_ctx != c.max_position)
+        fail("decode_batch: a state of another model");
+    }
+    layers(batch_st_, ids, batch_, nullptr);
+    for (Zamba2State* st : batch_st_) st->pos += 1;
+    if (logits) head_logits(io_.head(), batch_.xn.data(), B, c.vocab, logits, batch_.logits);
   }
 
  private:
@@ -227,63 +248,132 @@ class Zamba2Model final : public Model {
   }
 
   // y [T, out] += up(down(x [T, in])) when the adapter is present.
-  void add_lora(const Lora& a, const float* x, int64_t T, float* y, Zamba2State& st) const {
+  void add_lora(const Lora& a, const float* x, int64_t T, float* y, Zamba2Buffers& w) const {
     if (!a.present()) return;
-    float* t = grow(st.lora_t, T * a.down.out_features());
-    float* u = grow(st.lora_y, T * a.up.out_features());
+    float* t = grow(w.lora_t, T * a.down.out_features());
+    float* u = grow(w.lora_y, T * a.up.out_features());
     a.down.forward(x, T, t);
     a.up.forward(t, T, u);
     for (int64_t i = 0; i < T * a.up.out_features(); ++i) y[i] += u[i];
   }
 
-  // Invocation j of its shared block on (h, emb) [T, hidden]; the result (before the layer's
-  // `linear`) in st.dn [T, hidden]:
+  // The final-norm output of the T = ids.size() rows in w.xn [T, hidden]. The rows are the tokens
+  // of one sequence when seqs has one state, else row t is one token of sequence seqs[t].
+  void layers(std::span<Zamba2State* const> seqs, std::span<const int32_t> ids, Zamba2Buffers& w,
+              ForwardTrace* trace) const {
+    const auto& c = cfg_;
+    const int64_t T = int64_t(ids.size()), D = c.hidden, half = c.head_dim / 2;
+    const bool one = seqs.size() == 1;
+    float* emb = grow(w.emb, T * D);  // the original embedding, an input of every shared block
+    float* h = grow(w.h, T * D);
+    float* xn = grow(w.xn, T * D);
+    float* xin = grow(w.xin, T * D);
+    float* out = grow(w.out, T * D);
+    io_.embed(ids, c.vocab, emb);
+    std::copy_n(emb, T * D, h);
+    for (Zamba2State* st : seqs)
+      if (!c.hybrid_ids.empty()) st->kv.reserve(st->pos + (one ? T : 1), st->pos);
+    if (c.rope_on) {  // cos/sin row t: row t's position
+      if (one) {
+        rope_tables(inv_freq_, seqs[0]->pos, T, w.cos, w.sin);
+      } else {
+        grow(w.cos, T * half);
+        grow(w.sin, T * half);
+        for (int64_t t = 0; t < T; ++t)
+          rope_table_row(inv_freq_, seqs[size_t(t)]->pos, w.cos.data() + t * half, w.sin.data() + t * half);
+      }
+    }
+    if (!one) {
+      w.conv.resize(seqs.size());
+      w.ssm.resize(seqs.size());
+      w.kv.resize(seqs.size());
+      w.pos.resize(seqs.size());
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        w.kv[b] = &seqs[b]->kv;
+        w.pos[b] = seqs[b]->pos;
+      }
+    }
+    for (int64_t li = 0; li < c.layers; ++li) {
+      // transformers records each layer's input (entry 0 = the embedding)
+      if (trace) trace->hidden_states.emplace_back(h, h + T * D);
+      const Layer& L = layers_[size_t(li)];
+      const float* mamba_in = h;
+      if (L.invocation >= 0) {  // hybrid: h + linear(shared_block(concat(h, emb)))
+        shared_block(L.invocation, seqs, w, h, emb, T);
+        L.linear.forward(w.dn.data(), T, w.tr.data());
+        for (int64_t i = 0; i < T * D; ++i) xin[i] = h[i] + w.tr[size_t(i)];
+        mamba_in = xin;
+      }
+      add_rmsnorm_rows(const_cast<float*>(mamba_in), nullptr, T, D, L.norm_w.data(), c.rms_eps, xn);
+      if (one) {
+        L.mixer.forward(c.mamba, seqs[0]->cache.conv_at(li), seqs[0]->cache.ssm_at(li), xn, T, out, w.scratch);
+      } else {
+        for (size_t b = 0; b < seqs.size(); ++b) {
+          w.conv[b] = seqs[b]->cache.conv_at(li);
+          w.ssm[b] = seqs[b]->cache.ssm_at(li);
+        }
+        L.mixer.decode(c.mamba, w.conv.data(), w.ssm.data(), xn, T, out, w.scratch);
+      }
+      for (int64_t i = 0; i < T * D; ++i) h[i] += out[i];  // residual: the layer's input h, not mamba_in
+    }
+    add_rmsnorm_rows(h, nullptr, T, D, final_norm_.data(), c.rms_eps, xn);
+    if (trace) trace->hidden_states.emplace_back(xn, xn + T * D);  // and the final-norm output last
+  }
+
+  // Invocation j of its shared block on (h, emb) [T, hidden] (rows as layers() describes them);
+  // the result (before the layer's `linear`) in w.dn [T, hidden]:
   //   x = rmsnorm(concat(h, emb));  q, k, v = proj(x) + adapter_j(x);  rope(q, k)
   //   a = o_proj(softmax(q·Kᵀ / sqrt(head_dim / 2)) · V)       (KV cache of invocation j)
   //   f = rmsnorm(a);  (g, u) = gate_up(f) + adapter_j(f);  dn = down(act(g) · u)
-  void shared_block(int64_t j, Zamba2State& st, const float* h, const float* emb, int64_t T) const {
+  void shared_block(int64_t j, std::span<Zamba2State* const> seqs, Zamba2Buffers& w, const float* h, const float* emb,
+                    int64_t T) const {
     const auto& c = cfg_;
     const SharedBlock& B = blocks_[size_t(c.block_of(j))];
     const Invocation& inv = invocations_[size_t(j)];
     const int64_t D = c.hidden, AD = c.attn_dim(), H = c.heads, G = c.kv_heads, hd = c.head_dim, I = c.intermediate;
-    const int64_t qd = H * hd, kvd = G * hd, pos0 = st.pos;
-    float* cat = grow(st.cat, T * AD);
+    const int64_t qd = H * hd, kvd = G * hd;
+    const bool one = seqs.size() == 1;
+    float* cat = grow(w.cat, T * AD);
     for (int64_t t = 0; t < T; ++t) {
       std::copy_n(h + t * D, D, cat + t * AD);
       std::copy_n(emb + t * D, D, cat + t * AD + D);
     }
-    float* xa = grow(st.xa, T * AD);
+    float* xa = grow(w.xa, T * AD);
     add_rmsnorm_rows(cat, nullptr, T, AD, B.in_norm.data(), c.rms_eps, xa);
-    float* q = grow(st.q, T * qd);
-    float* k = grow(st.k, T * kvd);
-    float* v = grow(st.v, T * kvd);
+    float* q = grow(w.q, T * qd);
+    float* k = grow(w.k, T * kvd);
+    float* v = grow(w.v, T * kvd);
     B.q.forward(xa, T, q);
     B.k.forward(xa, T, k);
     B.v.forward(xa, T, v);
-    add_lora(inv.q, xa, T, q, st);
-    add_lora(inv.k, xa, T, k, st);
-    add_lora(inv.v, xa, T, v, st);
+    add_lora(inv.q, xa, T, q, w);
+    add_lora(inv.k, xa, T, k, w);
+    add_lora(inv.v, xa, T, v, w);
     const int64_t half = hd / 2;
     for (int64_t t = 0; t < T; ++t) {
       if (c.rope_on) {
-        rope_apply(q + t * qd, H, half, st.cos.data() + t * half, st.sin.data() + t * half);
-        rope_apply(k + t * kvd, G, half, st.cos.data() + t * half, st.sin.data() + t * half);
+        rope_apply(q + t * qd, H, half, w.cos.data() + t * half, w.sin.data() + t * half);
+        rope_apply(k + t * kvd, G, half, w.cos.data() + t * half, w.sin.data() + t * half);
       }
+      KVCache& kv = seqs[one ? 0 : size_t(t)]->kv;
+      const int64_t p = one ? seqs[0]->pos + t : seqs[size_t(t)]->pos;
       for (int64_t g = 0; g < G; ++g) {
-        std::copy_n(k + t * kvd + g * hd, hd, st.kv.k_at(j, g, pos0 + t));
-        std::copy_n(v + t * kvd + g * hd, hd, st.kv.v_at(j, g, pos0 + t));
+        std::copy_n(k + t * kvd + g * hd, hd, kv.k_at(j, g, p));
+        std::copy_n(v + t * kvd + g * hd, hd, kv.v_at(j, g, p));
       }
     }
-    float* att = grow(st.att, T * qd);
-    causal_attention(q, T, H, st.kv, j, pos0, float(std::pow(double(hd) / 2.0, -0.5)), att);
-    float* o = grow(st.o, T * D);
+    float* att = grow(w.att, T * qd);
+    const float scale = float(std::pow(double(hd) / 2.0, -0.5));
+    if (one) causal_attention(q, T, H, seqs[0]->kv, j, seqs[0]->pos, scale, att);
+    else decode_attention(q, T, H, w.kv.data(), w.pos.data(), j, scale, att);
+    float* o = grow(w.o, T * D);
     B.o.forward(att, T, o);
-    float* f = grow(st.f, T * D);
+    float* f = grow(w.f, T * D);
     add_rmsnorm_rows(o, nullptr, T, D, B.pre_ff_norm.data(), c.rms_eps, f);
-    float* gu = grow(st.gu, T * 2 * I);
+    float* gu = grow(w.gu, T * 2 * I);
     B.gate_up.forward(f, T, gu);
-    add_lora(inv.gate_up, f, T, gu, st);
-    float* m = grow(st.m, T * I);
+    add_lora(inv.gate_up, f, T, gu, w);
+    float* m = grow(w.m, T * I);
     for (int64_t t = 0; t < T; ++t) {
       const float* g = gu + t * 2 * I;
       float* mr = m + t * I;
@@ -293,9 +383,9 @@ class Zamba2Model final : public Model {
         case Zamba2Config::Act::Silu: for (int64_t i = 0; i < I; ++i) mr[i] = silu(g[i]) * g[I + i]; break;
       }
     }
-    grow(st.dn, T * D);
-    grow(st.tr, T * D);
-    B.down.forward(m, T, st.dn.data());
+    grow(w.dn, T * D);
+    grow(w.tr, T * D);
+    B.down.forward(m, T, w.dn.data());
   }
 
   Zamba2Config cfg_;
@@ -306,6 +396,10 @@ class Zamba2Model final : public Model {
   std::vector<Invocation> invocations_;
   std::vector<Layer> layers_;
   std::vector<float> inv_freq_;
+  // decode_batch's buffers, reused from call to call (one caller at a time).
+  mutable std::mutex batch_mu_;
+  mutable std::vector<Zamba2State*> batch_st_;
+  mutable Zamba2Buffers batch_;
 };
 
 // transformers' default layers_block_type (the Zamba2-2.7B layout).
