@@ -2,7 +2,8 @@
 # Installs the Debian packages hxq needs to build and test (idempotent; safe to re-run).
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
-      libpcre2-dev libicu-dev libgtest-dev libbenchmark-dev libsentencepiece-dev)
+      libpcre2-dev libicu-dev libgtest-dev libbenchmark-dev libsentencepiece-dev
+      libcpp-httplib-dev python3-jinja2 python3-requests python3-pytest)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

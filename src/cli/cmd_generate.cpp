@@ -50,6 +50,7 @@ void add_generate(CLI::App& app) {
   sub->add_option("--temperature", o->s.temperature, "Sampling temperature; 0 = greedy (default)");
   sub->add_option("--top-k", o->s.top_k, "Keep the k most likely tokens (0 = off)");
   sub->add_option("--top-p", o->s.top_p, "Nucleus sampling mass (1 = off)");
+  sub->add_option("--min-p", o->s.min_p, "Drop tokens below min-p x the top probability (0 = off)");
   sub->add_option("--seed", o->s.seed, "Random seed for sampling (default 0)");
   sub->add_flag("--json", o->json, "Print one JSON object instead of streaming text");
   add_threads_option(sub, o->threads);

@@ -15,5 +15,6 @@ void add_compress(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_decompress(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_serve(CLI::App& app);
 
 }  // namespace hxq::cli

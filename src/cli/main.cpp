@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   hxq::cli::add_kl(app);
   hxq::cli::add_synth(app);
   hxq::cli::add_bench(app);
+  hxq::cli::add_serve(app);
   hxq::install_interrupt_handlers();
   try {
     app.parse(argc, argv);
