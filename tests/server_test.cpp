@@ -17,7 +17,7 @@
 namespace hxq::server {
 namespace {
 
-int status_of(const json& body, bool chat, std::string* param = nullptr) {
+int status_of(const ojson& body, bool chat, std::string* param = nullptr) {
   try {
     parse_generation(body, chat);
   } catch (const ApiException& e) {
@@ -28,7 +28,7 @@ int status_of(const json& body, bool chat, std::string* param = nullptr) {
 }
 
 TEST(ServerApi, ParsesOpenAIFields) {
-  auto p = parse_generation(json::parse(R"({"model":"m","prompt":"hi","max_tokens":7,"temperature":0.5,"top_p":0.9,
+  auto p = parse_generation(ojson::parse(R"({"model":"m","prompt":"hi","max_tokens":7,"temperature":0.5,"top_p":0.9,
     "top_k":-1,"min_p":0.1,"seed":-3,"stop":["a","bc"],"stream":true,"stream_options":{"include_usage":true},
     "logprobs":2,"n":1,"unknown":{"x":1}})"), false);
   EXPECT_EQ(p.model, "m");
@@ -42,36 +42,36 @@ TEST(ServerApi, ParsesOpenAIFields) {
   EXPECT_EQ(p.stop, (std::vector<std::string>{"a", "bc"}));
   EXPECT_TRUE(p.stream && p.include_usage);
   EXPECT_EQ(p.logprobs, 2);
-  auto c = parse_generation(json::parse(R"({"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],
+  auto c = parse_generation(ojson::parse(R"({"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],
     "max_completion_tokens":3,"max_tokens":9,"logprobs":true,"top_logprobs":4,"tools":[{"type":"function"}]})"), true);
   EXPECT_EQ(c.max_tokens, 3);  // max_completion_tokens wins
   EXPECT_EQ(c.logprobs, 4);
   EXPECT_TRUE(c.template_kwargs.contains("tools"));
-  auto ids = parse_generation(json::parse(R"({"prompt":[[1,2,3]]})"), false);
+  auto ids = parse_generation(ojson::parse(R"({"prompt":[[1,2,3]]})"), false);
   EXPECT_EQ(ids.prompt_ids, (std::vector<int32_t>{1, 2, 3}));
 }
 
 TEST(ServerApi, RejectsBadFieldsNamingThem) {
   std::string param;
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","n":3})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","n":3})"), false, &param), 400);
   EXPECT_EQ(param, "n");
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","temperature":-1})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","temperature":-1})"), false, &param), 400);
   EXPECT_EQ(param, "temperature");
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","max_tokens":1.5})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","max_tokens":1.5})"), false, &param), 400);
   EXPECT_EQ(param, "max_tokens");
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","max_tokens":18446744073709551615})"), false, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","stop":[""]})"), false, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","stream":"yes"})"), false, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":[1,-2]})"), false, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":[]})"), false, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","echo":true})"), false, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"messages":"hi"})"), true, &param), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"messages":[{"role":"user","content":5}]})"), true, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","max_tokens":18446744073709551615})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","stop":[""]})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","stream":"yes"})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":[1,-2]})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":[]})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","echo":true})"), false, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"messages":"hi"})"), true, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"messages":[{"role":"user","content":5}]})"), true, &param), 400);
   EXPECT_EQ(param, "messages[0].content");
-  EXPECT_EQ(status_of(json::parse(R"({"messages":[{"role":"user"}],"top_logprobs":2})"), true, &param), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"messages":[{"role":"user"}],"top_logprobs":2})"), true, &param), 400);
   EXPECT_EQ(param, "top_logprobs");
-  EXPECT_EQ(status_of(json::parse(R"([1])"), false), 400);
-  EXPECT_EQ(status_of(json::parse(R"({"prompt":"x","max_tokens":null,"temperature":null})"), false), 200);
+  EXPECT_EQ(status_of(ojson::parse(R"([1])"), false), 400);
+  EXPECT_EQ(status_of(ojson::parse(R"({"prompt":"x","max_tokens":null,"temperature":null})"), false), 200);
 }
 
 TEST(ServerApi, StopMatcherHoldsBackPartialMatches) {

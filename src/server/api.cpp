@@ -15,9 +15,10 @@ json ApiError::body() const {
                 {"code", code.empty() ? json(nullptr) : json(code)}}}};
 }
 
-void throw_api(int status, std::string message, std::string param, std::string code) {
+void throw_api(int status, std::string message, std::string param, std::string code, int retry_after) {
   ApiError e;
   e.status = status;
+  e.retry_after = retry_after;
   e.message = std::move(message);
   e.param = std::move(param);
   e.code = std::move(code);
@@ -31,14 +32,14 @@ void throw_api(int status, std::string message, std::string param, std::string c
 namespace {
 
 // Field accessors: absent or null → nullopt; a wrong type → 400 naming the field.
-const json* field(const json& body, const char* name) {
+const ojson* field(const ojson& body, const char* name) {
   auto it = body.find(name);
   if (it == body.end() || it->is_null()) return nullptr;
   return &*it;
 }
 
-std::optional<double> number(const json& body, const char* name, double lo, double hi) {
-  const json* v = field(body, name);
+std::optional<double> number(const ojson& body, const char* name, double lo, double hi) {
+  const ojson* v = field(body, name);
   if (!v) return std::nullopt;
   if (!v->is_number()) throw_api(400, fmt::format("'{}' must be a number", name), name);
   double x = v->get<double>();
@@ -47,8 +48,8 @@ std::optional<double> number(const json& body, const char* name, double lo, doub
   return x;
 }
 
-std::optional<int64_t> integer(const json& body, const char* name, int64_t lo, int64_t hi) {
-  const json* v = field(body, name);
+std::optional<int64_t> integer(const ojson& body, const char* name, int64_t lo, int64_t hi) {
+  const ojson* v = field(body, name);
   if (!v) return std::nullopt;
   // 3.0 is accepted as 3 (clients serialise integers from floats); 3.5 is not.
   if (v->is_number_float()) {
@@ -67,14 +68,14 @@ std::optional<int64_t> integer(const json& body, const char* name, int64_t lo, i
   return x;
 }
 
-std::optional<bool> boolean(const json& body, const char* name) {
-  const json* v = field(body, name);
+std::optional<bool> boolean(const ojson& body, const char* name) {
+  const ojson* v = field(body, name);
   if (!v) return std::nullopt;
   if (!v->is_boolean()) throw_api(400, fmt::format("'{}' must be a boolean", name), name);
   return v->get<bool>();
 }
 
-std::vector<int32_t> token_ids(const json& a, const char* name) {
+std::vector<int32_t> token_ids(const ojson& a, const char* name) {
   std::vector<int32_t> ids;
   ids.reserve(a.size());
   for (auto& x : a) {
@@ -87,11 +88,11 @@ std::vector<int32_t> token_ids(const json& a, const char* name) {
   return ids;
 }
 
-void check_messages(const json& m) {
+void check_messages(const ojson& m) {
   if (!m.is_array()) throw_api(400, "'messages' must be an array", "messages");
   if (m.empty()) throw_api(400, "'messages' must not be empty", "messages");
   for (size_t i = 0; i < m.size(); ++i) {
-    const json& msg = m[i];
+    const ojson& msg = m[i];
     const std::string at = fmt::format("messages[{}]", i);
     if (!msg.is_object()) throw_api(400, fmt::format("'{}' must be an object", at), at);
     auto role = msg.find("role");
@@ -102,7 +103,7 @@ void check_messages(const json& m) {
     if (!content->is_array())
       throw_api(400, fmt::format("'{}.content' must be a string or a list of parts", at), at + ".content");
     for (size_t j = 0; j < content->size(); ++j) {
-      const json& part = (*content)[j];
+      const ojson& part = (*content)[j];
       const std::string pat = fmt::format("{}.content[{}]", at, j);
       if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
         throw_api(400, fmt::format("'{}' must be an object with a 'type'", pat), pat);
@@ -116,33 +117,42 @@ void check_messages(const json& m) {
 
 }  // namespace
 
-GenerationParams parse_generation(const json& body, bool chat) {
+GenerationParams parse_generation(const ojson& body, bool chat) {
   if (!body.is_object()) throw_api(400, "the request body must be a JSON object");
   GenerationParams p;
   p.chat = chat;
-  if (const json* m = field(body, "model")) {
+  if (const ojson* m = field(body, "model")) {
     if (!m->is_string()) throw_api(400, "'model' must be a string", "model");
     p.model = m->get<std::string>();
   }
   if (chat) {
-    const json* m = field(body, "messages");
+    const ojson* m = field(body, "messages");
     if (!m) throw_api(400, "'messages' is required", "messages");
     check_messages(*m);
     p.messages = *m;
-    p.template_kwargs = json::object();
-    if (const json* k = field(body, "chat_template_kwargs")) {
+    // Content given as text parts becomes one string (joined by newlines, as vLLM does): most
+    // templates expect a string.
+    for (auto& msg : p.messages)
+      if (msg.contains("content") && msg["content"].is_array()) {
+        std::string joined;
+        for (size_t i = 0; i < msg["content"].size(); ++i)
+          joined += (i ? "\n" : "") + msg["content"][i]["text"].get<std::string>();
+        msg["content"] = joined;
+      }
+    p.template_kwargs = ojson::object();
+    if (const ojson* k = field(body, "chat_template_kwargs")) {
       if (!k->is_object()) throw_api(400, "'chat_template_kwargs' must be an object", "chat_template_kwargs");
       p.template_kwargs = *k;
     }
     // Templates render tool definitions themselves (transformers passes them as `tools`).
-    if (const json* t = field(body, "tools")) {
+    if (const ojson* t = field(body, "tools")) {
       if (!t->is_array()) throw_api(400, "'tools' must be an array", "tools");
       p.template_kwargs["tools"] = *t;
     }
   } else {
-    const json* pr = field(body, "prompt");
+    const ojson* pr = field(body, "prompt");
     if (!pr) throw_api(400, "'prompt' is required", "prompt");
-    const json* one = pr;
+    const ojson* one = pr;
     if (pr->is_array() && !pr->empty() && (pr->front().is_string() || pr->front().is_array())) {
       if (pr->size() != 1) throw_api(400, "several prompts in one request are not supported (send one each)", "prompt");
       one = &pr->front();
@@ -154,7 +164,7 @@ GenerationParams parse_generation(const json& body, bool chat) {
     if (auto e = boolean(body, "echo"); e && *e) throw_api(400, "'echo' is not supported", "echo");
     if (auto b = integer(body, "best_of", 1, 1 << 20); b && *b != 1)
       throw_api(400, "'best_of' must be 1", "best_of");
-    if (const json* s = field(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
+    if (const ojson* s = field(body, "suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
       throw_api(400, "'suffix' is not supported", "suffix");
   }
   constexpr int64_t kMaxTokens = int64_t(1) << 30;
@@ -171,7 +181,7 @@ GenerationParams parse_generation(const json& body, bool chat) {
   if (auto m = number(body, "min_p", 0.0, 1.0)) p.sampling.min_p = float(*m);
   if (auto s = integer(body, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()))
     p.sampling.seed = uint64_t(*s);
-  if (const json* s = field(body, "stop")) {
+  if (const ojson* s = field(body, "stop")) {
     if (s->is_string()) p.stop.push_back(s->get<std::string>());
     else if (s->is_array()) {
       if (s->size() > 16) throw_api(400, "'stop' holds more than 16 strings", "stop");
@@ -187,7 +197,7 @@ GenerationParams parse_generation(const json& body, bool chat) {
       else if (x.size() > 1024) throw_api(400, "'stop' strings must be at most 1024 bytes", "stop");
   }
   if (auto s = boolean(body, "stream")) p.stream = *s;
-  if (const json* so = field(body, "stream_options")) {
+  if (const ojson* so = field(body, "stream_options")) {
     if (!so->is_object()) throw_api(400, "'stream_options' must be an object", "stream_options");
     if (auto u = boolean(*so, "include_usage")) p.include_usage = *u;
   }
@@ -198,7 +208,7 @@ GenerationParams parse_generation(const json& body, bool chat) {
     if (lp) p.logprobs = int(top.value_or(0));
   } else {
     // Legacy completions: logprobs is the number of alternatives (0..5 in OpenAI's API).
-    const json* lp = field(body, "logprobs");
+    const ojson* lp = field(body, "logprobs");
     if (lp && lp->is_boolean()) p.logprobs = lp->get<bool>() ? 0 : -1;
     else if (auto n = integer(body, "logprobs", 0, 20)) p.logprobs = int(*n);
   }

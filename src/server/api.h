@@ -13,6 +13,9 @@
 namespace hxq::server {
 
 using nlohmann::json;
+// Request bodies keep their key order: templates print dicts (tool arguments with tojson) in
+// insertion order, as Python does.
+using ojson = nlohmann::ordered_json;
 
 // An error a client caused (or a refusal: queue full, shutting down), answered as
 // {"error": {"message", "type", "param", "code"}} with `status`.
@@ -33,14 +36,15 @@ class ApiException : public std::exception {
   const char* what() const noexcept override { return err.message.c_str(); }
   ApiError err;
 };
-[[noreturn]] void throw_api(int status, std::string message, std::string param = "", std::string code = "");
+[[noreturn]] void throw_api(int status, std::string message, std::string param = "", std::string code = "",
+                            int retry_after = 0);
 
 // What one generation request asks for, once parsed and checked.
 struct GenerationParams {
   bool chat = false;
   std::string model;                // as requested ("" = not given)
-  json messages;                    // chat: the messages array as sent
-  json template_kwargs;             // chat: chat_template_kwargs (object)
+  ojson messages;                   // chat: the messages, text parts joined into one string
+  ojson template_kwargs;            // chat: chat_template_kwargs (object), + "tools" when sent
   std::optional<std::string> prompt_text;  // completions: the prompt as text, or
   std::vector<int32_t> prompt_ids;         // ... as token ids (then prompt_text is empty)
   int64_t max_tokens = -1;          // -1: not given (the server's default applies)
@@ -55,7 +59,7 @@ struct GenerationParams {
 // Parses a request body (already JSON) for the given endpoint. Unknown fields are ignored;
 // wrong types, ranges and unsupported values (n != 1, several prompts) throw ApiError 400
 // naming the field.
-GenerationParams parse_generation(const json& body, bool chat);
+GenerationParams parse_generation(const ojson& body, bool chat);
 
 // Incremental stop-string handling for a stream of decoded text: push() text pieces, and get
 // back the text that can be sent (never a prefix of a stop string that might still complete).

@@ -32,18 +32,6 @@ void Histogram::render(std::string& out, const std::string& name) const {
   out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, acc, name, sum_, name, n_);
 }
 
-double Histogram::quantile(double q) const {
-  std::lock_guard lk(mu_);
-  if (n_ == 0) return 0;
-  const double target = q * double(n_);
-  uint64_t acc = 0;
-  for (size_t i = 0; i < bounds_.size(); ++i) {
-    acc += counts_[i];
-    if (double(acc) >= target) return bounds_[i];
-  }
-  return bounds_.back();
-}
-
 Metrics::Metrics() : ttft(latency_bounds()), inter_token(latency_bounds()), queue_wait(latency_bounds()) {}
 
 void Metrics::count_request(const std::string& endpoint, int status) {

@@ -16,8 +16,6 @@ class Histogram {
   void observe(double v);
   // Lines "<name>_bucket{le=...} n", "<name>_sum", "<name>_count".
   void render(std::string& out, const std::string& name) const;
-  // The q-quantile (0..1) estimated from the buckets' upper bounds (0 when empty).
-  double quantile(double q) const;
 
  private:
   mutable std::mutex mu_;

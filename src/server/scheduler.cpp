@@ -84,24 +84,10 @@ Scheduler::~Scheduler() {
 void Scheduler::submit(std::shared_ptr<Request> r) {
   {
     std::lock_guard lk(mu_);
-    if (!accepting_) {
-      ApiError e;
-      e.status = 503;
-      e.type = "server_overloaded";
-      e.message = "the server is shutting down";
-      e.retry_after = 5;
-      throw ApiException(e);
-    }
-    if (int64_t(queue_.size()) >= opt_.queue) {
-      ApiError e;
-      e.status = 429;
-      e.type = "server_overloaded";
-      e.code = "queue_full";
-      e.message = fmt::format("all {} slots are busy and {} requests are queued (--queue); retry later",
-                              opt_.parallel, opt_.queue);
-      e.retry_after = 1;
-      throw ApiException(e);
-    }
+    if (!accepting_) throw_api(503, "the server is shutting down", "", "", 5);
+    if (int64_t(queue_.size()) >= opt_.queue)
+      throw_api(429, fmt::format("all {} slots are busy and {} requests are queued (--queue); retry later",
+                                 opt_.parallel, opt_.queue), "", "queue_full", 1);
     queue_.push_back(std::move(r));
   }
   cv_.notify_all();
@@ -276,7 +262,8 @@ void Scheduler::on_logits(Slot& s, const float* logits) {
     t.token = piece;
     t.logprob = float(double(logits[id]) - lse);
     if (p.logprobs > 0) {
-      std::vector<int32_t> idx(static_cast<size_t>(vocab_));
+      std::vector<int32_t>& idx = order_;  // reused: no vocab-sized allocation per token
+      idx.resize(static_cast<size_t>(vocab_));
       std::iota(idx.begin(), idx.end(), 0);
       const size_t k = std::min<size_t>(size_t(p.logprobs), idx.size());
       std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(k), idx.end(),
@@ -335,6 +322,10 @@ void Scheduler::finish(Slot& s, const std::string& reason) {
   // The state as it ends (prompt + generated tokens fed so far) is the prefix of the next turn.
   if (r.params.cache_prompt && !s.consumed.empty() && cache_.max_bytes() > 0 && reason != "cancelled")
     cache_.insert(std::move(s.consumed), std::move(s.state));
+  release(s);
+}
+
+void Scheduler::release(Slot& s) {
   s.consumed.clear();
   s.req.reset();
   s.phase = Slot::Phase::Idle;
@@ -349,10 +340,7 @@ void Scheduler::fail_slot(Slot& s, const std::string& message) {
   e.error.message = message;
   s.req->push(std::move(e));
   s.state.reset();  // its contents are unknown now
-  s.consumed.clear();
-  s.req.reset();
-  s.phase = Slot::Phase::Idle;
-  active_--;
+  release(s);
 }
 
 }  // namespace hxq::server

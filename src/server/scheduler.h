@@ -98,6 +98,7 @@ class Scheduler {
   void on_logits(Slot& s, const float* logits);
   void finish(Slot& s, const std::string& reason);
   void fail_slot(Slot& s, const std::string& message);
+  void release(Slot& s);  // back to idle (the state stays for reuse unless moved out)
   void emit(Slot& s, std::string text, std::optional<TokenLogprob> lp);
 
   const Model& model_;
@@ -116,6 +117,7 @@ class Scheduler {
   bool accepting_ = true, quit_ = false;
   std::atomic<bool> cancel_running_{false};  // cancel_all(): the scheduler thread cancels its slots
   std::vector<float> logits_;
+  std::vector<int32_t> order_;  // token order for top_logprobs
   std::thread thread_;
 };
 

@@ -81,11 +81,11 @@ void send_json(httplib::Response& res, const json& j) {
   res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-json parse_body(const httplib::Request& req) {
+ojson parse_body(const httplib::Request& req) {
   if (req.body.empty()) throw_api(400, "the request body is empty (expected a JSON object)");
   try {
-    return json::parse(req.body);
-  } catch (const json::parse_error& e) {
+    return ojson::parse(req.body);
+  } catch (const ojson::parse_error& e) {
     throw_api(400, fmt::format("the request body is not valid JSON: {}", e.what()));
   }
 }
@@ -102,20 +102,12 @@ class Server {
   void routes();
   const Loaded& loaded() const {
     const Loaded* l = ready_.load();
-    if (!l) {
-      ApiError e;
-      e.status = 503;
-      e.type = "server_overloaded";
-      e.code = "loading";
-      e.message = "the model is loading";
-      e.retry_after = 2;
-      throw ApiException(e);
-    }
+    if (!l) throw_api(503, "the model is loading", "", "loading", 2);
     return *l;
   }
   void load();
   void generation(const httplib::Request& req, httplib::Response& res, bool chat);
-  std::shared_ptr<Request> build_request(const Loaded& L, GenerationParams p, const std::string& raw_body);
+  std::shared_ptr<Request> build_request(const Loaded& L, GenerationParams p);
 
   ServerOptions opt_;
   httplib::Server http_;
@@ -151,7 +143,7 @@ void Server::load() {
   ready_ = owned_.get();
 }
 
-std::shared_ptr<Request> Server::build_request(const Loaded& L, GenerationParams p, const std::string& raw_body) {
+std::shared_ptr<Request> Server::build_request(const Loaded& L, GenerationParams p) {
   if (!p.model.empty() && p.model != L.model_id)
     throw_api(404, fmt::format("the model '{}' does not exist (this server serves '{}')", p.model, L.model_id), "model",
               "model_not_found");
@@ -161,25 +153,9 @@ std::shared_ptr<Request> Server::build_request(const Loaded& L, GenerationParams
     if (!L.chat)
       throw_api(400, "this model has no chat template (tokenizer_config.json has none); start the server with "
                      "--chat-template-file, or use /v1/completions", "messages", "no_chat_template");
-    // Rendered from the body parsed again with its key order kept: templates print dicts (tool
-    // arguments with tojson) in insertion order, as Python does.
-    auto ordered = nlohmann::ordered_json::parse(raw_body);
-    // Content given as text parts becomes one string (joined by newlines, as vLLM does): most
-    // templates expect a string.
-    for (auto& m : ordered["messages"])
-      if (m.contains("content") && m["content"].is_array()) {
-        std::string joined;
-        for (size_t i = 0; i < m["content"].size(); ++i)
-          joined += (i ? "\n" : "") + m["content"][i]["text"].get<std::string>();
-        m["content"] = joined;
-      }
-    nlohmann::ordered_json extra = nlohmann::ordered_json::object();
-    if (ordered.contains("chat_template_kwargs") && ordered["chat_template_kwargs"].is_object())
-      extra = ordered["chat_template_kwargs"];
-    if (ordered.contains("tools") && ordered["tools"].is_array()) extra["tools"] = ordered["tools"];
     std::string text;
     try {
-      text = L.chat->render(ordered["messages"], true, extra);
+      text = L.chat->render(p.messages, true, p.template_kwargs);
     } catch (const Error& e) {
       throw_api(400, fmt::format("the chat template rejected the messages: {}", e.what()), "messages");
     }
@@ -217,7 +193,7 @@ std::shared_ptr<Request> Server::build_request(const Loaded& L, GenerationParams
 void Server::generation(const httplib::Request& req, httplib::Response& res, bool chat) {
   const Loaded& L = loaded();
   GenerationParams p = parse_generation(parse_body(req), chat);
-  auto r = build_request(L, std::move(p), req.body);
+  auto r = build_request(L, std::move(p));
   L.sched->submit(r);  // 429 / 503 here, before any byte is sent
 
   const std::string id = random_id(chat ? "chatcmpl-" : "cmpl-");
@@ -403,7 +379,7 @@ void Server::routes() {
              guarded([this](const httplib::Request& q, httplib::Response& s) { generation(q, s, false); }));
   http_.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
     const Loaded& L = loaded();
-    json b = parse_body(req);
+    ojson b = parse_body(req);
     if (!b.is_object() || !b.contains("content") || !b["content"].is_string())
       throw_api(400, "'content' must be a string", "content");
     bool special = false, pieces = false;
@@ -424,7 +400,7 @@ void Server::routes() {
   }));
   http_.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
     const Loaded& L = loaded();
-    json b = parse_body(req);
+    ojson b = parse_body(req);
     if (!b.is_object() || !b.contains("tokens") || !b["tokens"].is_array())
       throw_api(400, "'tokens' must be a list of token ids", "tokens");
     std::vector<int32_t> ids;
