@@ -71,6 +71,28 @@ TEST(EvalWindows, LlamaCppRecipe) {
   EXPECT_TRUE(llamacpp_windows(511, 512, false).empty());
 }
 
+TEST(EvalWindows, PlanAsTheCliAndPythonChooseThem) {
+  auto hf = plan_windows(5000, "hf", 0, 512, std::nullopt, "t");  // ctx 0: the protocol's default
+  ASSERT_EQ(hf.size(), hf_windows(5000, 2048, 512).size());
+  EXPECT_EQ(hf.back().end, 5000);
+  auto lc = plan_windows(2000, "llamacpp", 0, 512, 1, "t");
+  ASSERT_EQ(lc.size(), 3u);
+  EXPECT_TRUE(lc[0].bos_first);
+  EXPECT_FALSE(plan_windows(2000, "llamacpp", 0, 512, std::nullopt, "t")[0].bos_first);
+  EXPECT_THROW(plan_windows(100, "hf", 64, 65, std::nullopt, "t"), UsageError);
+  EXPECT_THROW(plan_windows(2000, "llamacpp", 0, 256, std::nullopt, "t"), UsageError);
+  EXPECT_THROW(plan_windows(2000, "gguf", 0, 512, std::nullopt, "t"), UsageError);
+  try {
+    plan_windows(100, "llamacpp", 512, 512, std::nullopt, "text.txt");
+    FAIL();
+  } catch (const UsageError&) {
+    FAIL() << "too few tokens is a data error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "text.txt: 100 tokens is less than one chunk of 512 tokens");
+  }
+  EXPECT_THROW(plan_windows(1, "hf", 0, 512, std::nullopt, "t"), Error);  // nothing to score
+}
+
 std::vector<int32_t> golden_ids(int64_t n) {
   std::ifstream f(test::data_path("data/tokenizer-goldens/wiki.test.raw.gpt-neox-20b.i32"), std::ios::binary);
   std::vector<int32_t> v(static_cast<size_t>(n));

@@ -852,3 +852,39 @@ TEST(JsonHardening, RejectsNulAndKeepsMessagesOneLineAscii) {
   EXPECT_NO_THROW((void)parse_json_text(deep, "deep.json"));
   EXPECT_THROW((void)parse_json_text(std::string(100000, '['), "deep.json"), Error);
 }
+
+TEST(TensorStore, FromMemoryViewsCallerArraysAndChecksEntries) {
+  std::vector<float> a{1, 2, 3, 4, 5, 6};
+  std::vector<uint8_t> b{7, 8};
+  auto info = [](std::string name, DType dt, std::vector<int64_t> shape, const void* p, size_t n) {
+    TensorInfo t;
+    t.name = std::move(name);
+    t.dtype = dt;
+    t.shape = std::move(shape);
+    t.data = static_cast<const std::byte*>(p);
+    t.nbytes = n;
+    return t;
+  };
+  auto s = TensorStore::from_memory({info("w.a", DType::F32, {2, 3}, a.data(), 24), info("w.b", DType::U8, {2}, b.data(), 2)},
+                                    "<mem>");
+  ASSERT_NE(s.find("w.a"), nullptr);
+  EXPECT_EQ(static_cast<const void*>(s.get("w.a").data), static_cast<const void*>(a.data()));  // a view, not a copy
+  EXPECT_EQ(s.get("w.b").file, "<mem>");
+  EXPECT_EQ(s.names(), (std::vector<std::string>{"w.a", "w.b"}));
+  EXPECT_EQ(s.tensor_bytes(), 26u);
+  auto fails = [&](std::vector<TensorInfo> v, const std::string& what) {
+    try {
+      (void)TensorStore::from_memory(std::move(v), "<mem>");
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+    }
+  };
+  fails({info("x", DType::F32, {2, 3}, a.data(), 20)}, "20 bytes for shape [2, 3]");
+  fails({info("x", DType::F32, {1}, a.data(), 4), info("x", DType::F32, {1}, a.data(), 4)}, "given twice");
+  fails({info("", DType::F32, {1}, a.data(), 4)}, "without a name");
+  fails({info("x", DType::F32, {-1}, a.data(), 4)}, "negative dimension");
+  fails({info("x", DType::F32, {1}, nullptr, 4)}, "no data");
+  EXPECT_NO_THROW((void)TensorStore::from_memory({info("empty", DType::F32, {0, 3}, nullptr, 0)}, "<mem>"));
+}

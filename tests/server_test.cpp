@@ -163,6 +163,10 @@ TEST(ServerScheduler, ContinuousBatchingMatchesSingleSequenceGeneration) {
     auto ref = greedy(*model, prompts[i], 25);
     EXPECT_EQ(text, tok.decode(ref)) << "request " << i;
   }
+  // The Done event is sent before the scheduler thread frees the slot: wait for it (bounded).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!sched.idle() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_TRUE(sched.idle());
 }
 

@@ -78,6 +78,28 @@ void finish(PerplexityResult& r, double sum_sq) {
 
 }  // namespace
 
+std::vector<EvalWindow> plan_windows(int64_t n, const std::string& protocol, int64_t ctx, int64_t stride,
+                                     std::optional<int32_t> bos, const std::string& source) {
+  if (stride < 1) usage_fail("stride {} must be at least 1", stride);
+  std::vector<EvalWindow> w;
+  if (protocol == "hf") {
+    if (ctx <= 0) ctx = 2048;
+    if (ctx < 2) usage_fail("ctx {} must be at least 2", ctx);
+    if (stride > ctx) usage_fail("stride {} is larger than ctx {}", stride, ctx);
+    w = hf_windows(n, ctx, stride);
+  } else if (protocol == "llamacpp") {
+    if (stride != 512) usage_fail("stride applies to the hf protocol only");
+    if (ctx <= 0) ctx = 512;
+    if (ctx < 2) usage_fail("ctx {} must be at least 2", ctx);
+    w = llamacpp_windows(n, ctx, bos.has_value());
+    if (w.empty()) fail("{}: {} tokens is less than one chunk of {} tokens", source, n, ctx);
+  } else {
+    usage_fail("unknown protocol \"{}\" (hf or llamacpp)", protocol);
+  }
+  if (w.empty()) fail("{}: {} tokens: nothing to score", source, n);
+  return w;
+}
+
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, const std::vector<EvalWindow>& windows,
                             std::optional<int32_t> bos, const EvalProgress& progress, const EvalOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 #include <span>
 #include <vector>
 
@@ -25,6 +26,14 @@ std::vector<EvalWindow> hf_windows(int64_t n, int64_t ctx, int64_t stride);
 // llama.cpp's llama-perplexity: n / ctx disjoint chunks, the second half of each scored
 // (targets ctx/2+1 .. ctx-1 of the chunk), first token replaced by BOS when the model uses one.
 std::vector<EvalWindow> llamacpp_windows(int64_t n, int64_t ctx, bool bos);
+
+// The windows of an evaluation of n tokens as `hxq perplexity` / `hxq kl` choose them: protocol
+// "hf" (ctx default 2048, windows every `stride` tokens; stride > ctx is a usage error) or
+// "llamacpp" (ctx default 512; BOS replaces each chunk's first token when `bos` is set; stride
+// must stay 512). ctx <= 0 means the protocol's default. Nothing to score (or less than one chunk)
+// fails naming `source`; an unknown protocol or bad stride throws UsageError.
+std::vector<EvalWindow> plan_windows(int64_t n, const std::string& protocol, int64_t ctx, int64_t stride,
+                                     std::optional<int32_t> bos, const std::string& source);
 
 struct WindowNll {
   EvalWindow w;

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/json.h"
+#include "io/safetensors_writer.h"
 
 namespace hxq {
 
@@ -249,6 +250,25 @@ TensorStore TensorStore::open(const std::string& path) {
     s.files_.push_back(std::make_unique<SafetensorsFile>(path));
   }
   for (auto& t : s.files_.front()->tensors()) s.by_name_[t.name] = &t;
+  return s;
+}
+
+TensorStore TensorStore::from_memory(std::vector<TensorInfo> tensors, const std::string& location) {
+  TensorStore s;
+  s.location_ = location;
+  for (auto& t : tensors) {
+    if (t.name.empty()) fail("{}: a tensor without a name", location);
+    if (s.by_name_.count(t.name)) fail("{}: tensor '{}' given twice", location, printable_name(t.name));
+    const uint64_t want =
+        SafetensorsWriter::tensor_nbytes(t.dtype, t.shape, fmt::format("{}: tensor '{}'", location, printable_name(t.name)));
+    if (want != t.nbytes)
+      fail("{}: tensor '{}': {} bytes for shape {} of {} (expected {})", location, printable_name(t.name), t.nbytes,
+           t.shape_str(), dtype_name(t.dtype), want);
+    if (t.nbytes > 0 && !t.data) fail("{}: tensor '{}': no data", location, printable_name(t.name));
+    t.file = location;
+    s.memory_.push_back(std::make_unique<TensorInfo>(std::move(t)));
+    s.by_name_[s.memory_.back()->name] = s.memory_.back().get();
+  }
   return s;
 }
 

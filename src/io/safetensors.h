@@ -63,6 +63,11 @@ class TensorStore {
   // `path` is a directory holding model.safetensors or model.safetensors.index.json (+ shards),
   // or a single .safetensors file.
   static TensorStore open(const std::string& path);
+  // Tensors that live in memory owned by the caller (which keeps it alive and unchanged while the
+  // store and anything loaded from it are in use), e.g. arrays handed over by Python. Checked as a
+  // file's entries are: unique non-empty names, nbytes == numel × dtype size, data not null unless
+  // empty. `location` names the store in error messages (and is each tensor's `file`).
+  static TensorStore from_memory(std::vector<TensorInfo> tensors, const std::string& location);
 
   const TensorInfo* find(std::string_view name) const;
   const TensorInfo& get(std::string_view name) const;  // throws Error naming the checkpoint
@@ -76,6 +81,7 @@ class TensorStore {
  private:
   std::string location_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<std::unique_ptr<TensorInfo>> memory_;  // from_memory(): the entries themselves
   std::map<std::string, const TensorInfo*, std::less<>> by_name_;
 };
 
