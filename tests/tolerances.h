@@ -32,6 +32,20 @@ inline constexpr float kBatchVsSingleAbs = 2e-3f;
 // summation order inside the kernels differs.
 inline constexpr float kHxqVsDecodedAbs = 1e-4f;
 
+// A LoRA adapter applied at inference (W·x + s·B·(A·x), Linear::forward) vs the dense F32
+// checkpoint with W + s·B·A merged: the same weights, only grouped otherwise — the merged weight
+// is rounded to float once, the adapter path sums the rank-r product apart from the base product —
+// so the difference is rounding (~1e-7 relative per dot product) carried through the layers, like
+// kHxqVsDecodedAbs. Measured on the tiny fixtures (logits O(1..10)): 1.3e-6 (qwen2) to 3.5e-5
+// (mamba2); 2e-4 leaves ~6x margin. The tests' random adapters move the logits by 1 to 6 (checked
+// to exceed 100x this bound), so a mis-applied adapter cannot pass.
+inline constexpr float kLoraVsMergedAbs = 2e-4f;
+
+// An HXQ base with an adapter vs its decoded dense weights with the delta merged (prefill: exact
+// codebook math): the reordering above plus codebook kernels vs dense ones, the latter bounded by
+// kHxqVsDecodedAbs. Measured: 3.2e-6 (llama) and 5.1e-6 (zamba2), v2 8-bit.
+inline constexpr float kLoraHxqVsDecodedMergedAbs = 1e-4f;
+
 // HXQ v2 kernels vs a double-precision sum over the decoded weights: a float32 sum of n terms in
 // any order is within n·u·Σ|terms| of the exact sum (u = 2^-24, first order), each product and
 // the decoded weight (scale × codebook entry, + sidecar delta) add a few roundings per term; the

@@ -36,11 +36,14 @@ std::string hxq_math_name(const ModelSummary& m) {
   return fmt::format("fast for {} of {} layers", m.hxq_fast_modules, m.hxq_modules);
 }
 
-void print_table(const std::string& dir, const BenchResult& r, double load_s) {
+void print_table(const std::string& dir, const BenchResult& r, double load_s, const Model& model) {
   const auto& m = r.model;
   std::printf("model    %s: %s, %lld layers, hidden %lld, %.1fM params, %.1f MB weights (loaded in %.2f s)\n",
               dir.c_str(), m.arch.c_str(), (long long)m.layers, (long long)m.hidden, double(m.params) / 1e6,
               double(m.weight_bytes) / 1e6, load_s);
+  if (model.lora_layers() > 0)
+    std::printf("lora     %s: adapter on %lld linear layers (not merged)\n", model.lora_dir().c_str(),
+                (long long)model.lora_layers());
   std::printf("machine  %d thread%s, %s kernels, ", r.threads, r.threads == 1 ? "" : "s",
               std::string(isa_name(kernel_isa())).c_str());
   if (m.hxq_modules > 0) std::printf("HXQ decode %s, ", hxq_math_name(m).c_str());
@@ -87,7 +90,7 @@ void print_table(const std::string& dir, const BenchResult& r, double load_s) {
 
 void add_bench(CLI::App& app) {
   struct Opts {
-    std::string model;
+    std::string model, lora;
     BenchOptions b;
     int threads = 0;
     bool exact = false;
@@ -109,6 +112,7 @@ void add_bench(CLI::App& app) {
   sub->add_flag("--profile", o->b.profile,
                 "Also time the linear layers during decode, by storage and shape (ms/token, share, GB/s)");
   sub->add_flag("--json", o->json, "Print one JSON object");
+  add_lora_option(sub, o->lora);
   add_threads_option(sub, o->threads);
   add_exact_option(sub, o->exact);
   sub->callback([o] {
@@ -130,13 +134,18 @@ void add_bench(CLI::App& app) {
       return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto model = load_model(o->model);
+    LoadOptions lo;
+    lo.lora = o->lora;
+    auto model = load_model(o->model, lo);
     const double load_s = seconds_since(t0);
     o->b.membw_bytes = membw_bytes;
     BenchResult r = run_bench(*model, o->model, o->b);
     if (o->json) {
       nlohmann::json j{{"model", o->model},
                        {"summary", summary_json(r.model)},
+                       {"lora", model->lora_layers() > 0 ? nlohmann::json{{"dir", model->lora_dir()},
+                                                                          {"layers", model->lora_layers()}}
+                                                         : nlohmann::json(nullptr)},
                        {"threads", r.threads},
                        {"isa", std::string(isa_name(kernel_isa()))},
                        {"hxq_math", hxq_math_name(r.model)},
@@ -167,7 +176,7 @@ void add_bench(CLI::App& app) {
       }
       std::printf("%s\n", j.dump().c_str());
     } else {
-      print_table(o->model, r, load_s);
+      print_table(o->model, r, load_s, *model);
     }
   });
 }

@@ -11,9 +11,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "codec/compress.h"
-#include "codec/hxq_config.h"
-#include "codec/hxq2_weight.h"
-#include "codec/hxq_weight.h"
+#include "codec/inspect.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "io/safetensors.h"
@@ -51,6 +49,11 @@ void print_receipt(const CompressReceipt& r) {
               r.sidecar == "error" ? fmt::format(" (fraction {:g})", r.sidecar_fraction).c_str() : "");
   std::printf("  modules          : %zu compressed, %lld exact tensors, %lld keys\n", r.modules.size(),
               (long long)r.exact_tensors, (long long)r.total_keys);
+  if (!r.merged_lora.empty())
+    std::printf("  LoRA merged      : %lld modules from %s%s\n", (long long)r.merged_lora_modules, r.merged_lora.c_str(),
+                r.merged_lora_dense.empty()
+                    ? ""
+                    : fmt::format(" ({} not compressed, written as F32)", r.merged_lora_dense.size()).c_str());
   std::printf("  size             : %s -> %s (ratio %.3f)\n", human_bytes(double(r.input_bytes)).c_str(),
               human_bytes(double(r.output_bytes)).c_str(), r.ratio());
   std::printf("  sidecar          : %lld exact values (%.4f %% of compressed weights)\n", (long long)r.sidecar_entries(),
@@ -67,7 +70,7 @@ void print_receipt(const CompressReceipt& r) {
 
 void add_compress(CLI::App& app) {
   struct Opts {
-    std::string in, out, codebook = "optimal", sidecar = "error", precision = "f32", format = "v2";
+    std::string in, out, codebook = "optimal", sidecar = "error", precision = "f32", format = "v2", merge_lora;
     double fraction = kDefaultSidecarFraction, shard_gb = 4.0, bpw = 0;
     int bits = 8, group = 32;
     bool embeddings = false, overwrite = false, json = false, no_fsync = false;
@@ -105,6 +108,9 @@ void add_compress(CLI::App& app) {
   sub->add_flag("--embeddings", o->embeddings, "Also compress the token embedding (and an untied lm_head)");
   sub->add_option("--only", o->only, "Compress only modules matching these globs (e.g. '*.in_proj')");
   sub->add_option("--skip", o->skip, "Never compress modules matching these globs");
+  sub->add_option("--merge-lora", o->merge_lora,
+                  "PEFT LoRA adapter directory merged into the dense weights before compressing (merged modules "
+                  "left uncompressed are written as F32)");
   sub->add_option("--shard-gb", o->shard_gb, "Shard the output above this size in GB (default 4)")->check(CLI::Range(0.001, 1e6));
   sub->add_flag("--overwrite", o->overwrite, "Replace an existing output checkpoint");
   sub->add_flag("--no-fsync", o->no_fsync, "Skip fsync of the output (faster; less safe on power loss)");
@@ -135,6 +141,7 @@ void add_compress(CLI::App& app) {
     co.embeddings = o->embeddings;
     co.only = o->only;
     co.skip = o->skip;
+    co.merge_lora = o->merge_lora;
     co.max_shard_bytes = uint64_t(o->shard_gb * 1e9);
     co.overwrite = o->overwrite;
     co.fsync = !o->no_fsync;
@@ -182,91 +189,30 @@ void add_inspect(CLI::App& app) {
   sub->add_option("dir", o->dir, "Model directory")->required();
   sub->add_flag("--json", o->json, "Print JSON");
   sub->callback([o] {
-    json cfg = load_config(o->dir);
-    auto q = parse_hxq_config(cfg, o->dir + "/config.json");
-    auto store = TensorStore::open(o->dir);
-    if (q) check_hxq_modules(*q, store, o->dir);
-    std::map<std::string, std::pair<int64_t, uint64_t>> by_dtype;  // count, bytes
-    int64_t params_dense = 0;
-    for (auto& n : store.names()) {
-      const auto& t = store.get(n);
-      auto& e = by_dtype[std::string(dtype_name(t.dtype))];
-      e.first++;
-      e.second += t.nbytes;
-    }
-    int64_t hxq_weights = 0, sidecar = 0;
-    std::map<int, int64_t> by_bits;  // v2 modules by bit width
-    uint64_t hxq_bytes = 0;
-    std::set<std::string> hxq_tensors;
-    if (q)
-      for (auto& m : q->compressed_modules) {
-        if (is_hxq2_module(store, m)) {
-          auto w = Hxq2Weight::load(store, m);
-          hxq_weights += w->rows() * w->cols();
-          sidecar += w->sidecar_count();
-          by_bits[w->bits()]++;
-        } else {
-          auto w = HxqWeight::load(store, m);
-          hxq_weights += w->rows() * w->cols();
-          sidecar += w->sidecar_count();
-        }
-        for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values", ".qparams",
-                         ".packed_indices", ".scales", ".scale_params"})
-          if (auto* t = store.find(m + suf)) {
-            hxq_bytes += t->nbytes;
-            hxq_tensors.insert(m + suf);
-          }
-      }
-    for (int b : {4, 5, 6, 8})
-      if (auto* t = store.find(hxq2_shared_codebook_name(b))) {
-        hxq_bytes += t->nbytes;
-        hxq_tensors.insert(t->name);
-      }
-    for (auto& n : store.names())
-      if (!hxq_tensors.count(n)) {
-        const auto& t = store.get(n);
-        if (t.dtype == DType::F32 || t.dtype == DType::F16 || t.dtype == DType::BF16) params_dense += t.numel();
-      }
-    std::string type = cfg.contains("model_type") && cfg["model_type"].is_string() ? cfg["model_type"].get<std::string>() : "?";
-    json j{{"dir", o->dir},
-           {"model_type", type},
-           {"format", q ? (q->quant_method == kHxq2QuantMethod ? "hxq_v2" : "hxq") : "dense"},
-           {"files", store.files().size()},
-           {"total_keys", store.names().size()},
-           {"file_bytes", store.total_bytes()},
-           {"dense_params", params_dense},
-           {"hxq_modules", q ? q->compressed_modules.size() : 0},
-           {"hxq_weights", hxq_weights},
-           {"hxq_bytes", hxq_bytes},
-           {"hxq_bits_per_weight", hxq_weights ? 8.0 * double(hxq_bytes) / double(hxq_weights) : 0.0},
-           {"sidecar_entries", sidecar}};
-    if (q) j["quant_method"] = q->quant_method;
-    if (!by_bits.empty()) {
-      json bb = json::object();
-      for (auto& [b, n] : by_bits) bb[std::to_string(b)] = n;
-      j["modules_by_bits"] = bb;
-    }
-    json dt = json::object();
-    for (auto& [k, v] : by_dtype) dt[k] = {{"tensors", v.first}, {"bytes", v.second}};
-    j["dtypes"] = dt;
+    const json j = inspect_checkpoint(o->dir);
     if (o->json) {
       std::printf("%s\n", j.dump().c_str());
       return;
     }
-    std::printf("%s: %s checkpoint, model_type %s\n", o->dir.c_str(), q ? ("HXQ (" + q->quant_method + ")").c_str() : "dense",
-                type.c_str());
-    std::printf("  files            : %zu safetensors, %zu keys, %s\n", store.files().size(), store.names().size(),
-                human_bytes(double(store.total_bytes())).c_str());
-    for (auto& [k, v] : by_dtype)
-      std::printf("  %-17s: %lld tensors, %s\n", k.c_str(), (long long)v.first, human_bytes(double(v.second)).c_str());
-    std::printf("  dense parameters : %.3fM\n", double(params_dense) / 1e6);
-    if (q)
+    const bool hxq = j["format"] != "dense";
+    std::printf("%s: %s checkpoint, model_type %s\n", o->dir.c_str(),
+                hxq ? ("HXQ (" + j["quant_method"].get<std::string>() + ")").c_str() : "dense",
+                j["model_type"].get<std::string>().c_str());
+    std::printf("  files            : %zu safetensors, %zu keys, %s\n", j["files"].get<size_t>(),
+                j["total_keys"].get<size_t>(), human_bytes(j["file_bytes"].get<double>()).c_str());
+    for (auto& [k, v] : j["dtypes"].items())
+      std::printf("  %-17s: %lld tensors, %s\n", k.c_str(), (long long)v["tensors"].get<int64_t>(),
+                  human_bytes(v["bytes"].get<double>()).c_str());
+    std::printf("  dense parameters : %.3fM\n", j["dense_params"].get<double>() / 1e6);
+    if (hxq)
       std::printf("  HXQ modules      : %zu, %.3fM weights in %s (%.4f bits/weight), %lld sidecar entries\n",
-                  q->compressed_modules.size(), double(hxq_weights) / 1e6, human_bytes(double(hxq_bytes)).c_str(),
-                  hxq_weights ? 8.0 * double(hxq_bytes) / double(hxq_weights) : 0.0, (long long)sidecar);
-    if (!by_bits.empty()) {
+                  j["hxq_modules"].get<size_t>(), j["hxq_weights"].get<double>() / 1e6,
+                  human_bytes(j["hxq_bytes"].get<double>()).c_str(), j["hxq_bits_per_weight"].get<double>(),
+                  (long long)j["sidecar_entries"].get<int64_t>());
+    if (j.contains("modules_by_bits")) {
       std::string s;
-      for (auto& [b, n] : by_bits) s += fmt::format("{}{} x {}-bit", s.empty() ? "" : ", ", n, b);
+      for (auto& [b, n] : j["modules_by_bits"].items())
+        s += fmt::format("{}{} x {}-bit", s.empty() ? "" : ", ", n.get<int64_t>(), b);
       std::printf("  v2 bit widths    : %s\n", s.c_str());
     }
   });

@@ -13,29 +13,9 @@
 
 namespace hxq::cli {
 
-namespace {
-
-// EOS ids: config.json eos_token_id (int or list), else the tokenizer's.
-std::vector<int32_t> eos_ids_of(const std::string& dir, const Tokenizer& tok) {
-  std::vector<int32_t> ids;
-  json cfg = load_config(dir);
-  if (cfg.contains("eos_token_id")) {
-    const auto& e = cfg["eos_token_id"];
-    if (e.is_number_integer()) ids.push_back(e.get<int32_t>());
-    if (e.is_array())
-      for (auto& x : e)
-        if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
-  }
-  if (ids.empty())
-    if (auto e = tok.eos_id()) ids.push_back(*e);
-  return ids;
-}
-
-}  // namespace
-
 void add_generate(CLI::App& app) {
   struct Opts {
-    std::string model, prompt;
+    std::string model, prompt, lora;
     int64_t n = 128;
     SamplingOptions s;
     int threads = 0;
@@ -53,6 +33,7 @@ void add_generate(CLI::App& app) {
   sub->add_option("--min-p", o->s.min_p, "Drop tokens below min-p x the top probability (0 = off)");
   sub->add_option("--seed", o->s.seed, "Random seed for sampling (default 0)");
   sub->add_flag("--json", o->json, "Print one JSON object instead of streaming text");
+  add_lora_option(sub, o->lora);
   add_threads_option(sub, o->threads);
   add_exact_option(sub, o->exact);
   sub->callback([o] {
@@ -60,14 +41,16 @@ void add_generate(CLI::App& app) {
     apply_threads(o->threads);
     apply_exact(o->exact);
     auto tok = Tokenizer::load(o->model);
-    auto model = load_model(o->model);
+    LoadOptions lo;
+    lo.lora = o->lora;
+    auto model = load_model(o->model, lo);
     std::vector<int32_t> prompt;
     if (tok.add_bos_by_default() || o->prompt.empty())
       if (auto b = tok.bos_id()) prompt.push_back(*b);
     auto body = tok.encode(o->prompt, false);
     prompt.insert(prompt.end(), body.begin(), body.end());
     if (prompt.empty()) usage_fail("generate: empty prompt and the tokenizer has no BOS token");
-    auto eos = eos_ids_of(o->model, tok);
+    auto eos = eos_ids_from_config(load_config(o->model), tok.eos_id());
     auto st = model->new_state();
     StreamDecoder stream(tok);
     if (!o->json) {

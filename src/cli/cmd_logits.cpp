@@ -13,7 +13,7 @@ namespace hxq::cli {
 
 void add_logits(CLI::App& app) {
   struct Opts {
-    std::string model, ids_file, out;
+    std::string model, ids_file, out, lora;
     int threads = 0;
     bool exact = false;
     int64_t chunk = 512;
@@ -26,6 +26,7 @@ void add_logits(CLI::App& app) {
   sub->add_option("--out", o->out, "Output file (little-endian float32 [T, vocab]); default: stdout");
   sub->add_option("--chunk", o->chunk, "Tokens per forward pass (bounds memory)")->check(CLI::Range(1, 1 << 20));
   sub->add_flag("--json", o->json, "Print a JSON summary on stdout (needs --out)");
+  add_lora_option(sub, o->lora);
   add_threads_option(sub, o->threads);
   add_exact_option(sub, o->exact);
   sub->callback([o] {
@@ -36,7 +37,9 @@ void add_logits(CLI::App& app) {
     apply_exact(o->exact);
     auto ids = read_ids_file(o->ids_file);
     if (ids.empty()) fail("{}: no token ids", o->ids_file);
-    auto model = load_model(o->model);
+    LoadOptions lo;
+    lo.lora = o->lora;
+    auto model = load_model(o->model, lo);
     const int64_t V = model->vocab_size();
     for (size_t i = 0; i < ids.size(); ++i)
       if (ids[i] < 0 || ids[i] >= V) fail("{}: token id {} at position {} outside [0, {})", o->ids_file, ids[i], i, V);

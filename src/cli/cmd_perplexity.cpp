@@ -20,7 +20,7 @@ namespace hxq::cli {
 namespace {
 
 struct EvalOpts {
-  std::string model, file, ids_file, protocol = "hf";
+  std::string model, file, ids_file, protocol = "hf", lora;
   int64_t ctx = -1, stride = 512, max_tokens = 0;
   int threads = 0;
   bool json = false, stepwise = false, exact = false, base_exact = false;
@@ -40,8 +40,15 @@ void add_eval_options(CLI::App* sub, EvalOpts& o) {
   sub->add_flag("--stepwise", o.stepwise,
                 "Score as generation runs: each scored token fed alone (decode kernels, recurrent state / KV cache)");
   sub->add_flag("--json", o.json, "Print one JSON object on stdout");
+  add_lora_option(sub, o.lora, "--lora", "-m's model");
   add_threads_option(sub, o.threads);
   add_exact_option(sub, o.exact);
+}
+
+LoadOptions load_options(const std::string& lora) {
+  LoadOptions lo;
+  lo.lora = lora;
+  return lo;
 }
 
 EvalOptions eval_options(const EvalOpts& o) {
@@ -60,6 +67,8 @@ struct Prepared {
 Prepared prepare(const EvalOpts& o, const std::string& tokenizer_dir) {
   if (o.file.empty() == o.ids_file.empty()) usage_fail("give exactly one of -f FILE and --ids-file FILE");
   if (o.protocol == "llamacpp" && o.stride != 512) usage_fail("--stride applies to the hf protocol only");
+  if (o.protocol == "hf" && o.stride > (o.ctx > 0 ? o.ctx : 2048))
+    usage_fail("--stride {} is larger than --ctx {}", o.stride, o.ctx > 0 ? o.ctx : 2048);
   Prepared p;
   auto tok = Tokenizer::load(tokenizer_dir);
   if (!o.file.empty()) {
@@ -69,19 +78,9 @@ Prepared prepare(const EvalOpts& o, const std::string& tokenizer_dir) {
     p.ids = read_ids_file(o.ids_file);
   }
   if (o.max_tokens > 0 && int64_t(p.ids.size()) > o.max_tokens) p.ids.resize(size_t(o.max_tokens));
-  const int64_t n = int64_t(p.ids.size());
-  const std::string src = o.file.empty() ? o.ids_file : o.file;
-  if (o.protocol == "hf") {
-    int64_t ctx = o.ctx > 0 ? o.ctx : 2048;
-    p.windows = hf_windows(n, ctx, std::min(o.stride, ctx));
-    if (o.stride > ctx) usage_fail("--stride {} is larger than --ctx {}", o.stride, ctx);
-  } else {
-    int64_t ctx = o.ctx > 0 ? o.ctx : 512;
-    p.bos = tok.add_bos_by_default() ? tok.bos_id() : std::nullopt;
-    p.windows = llamacpp_windows(n, ctx, p.bos.has_value());
-    if (p.windows.empty()) fail("{}: {} tokens is less than one chunk of {} tokens", src, n, ctx);
-  }
-  if (p.windows.empty()) fail("{}: {} tokens: nothing to score", src, n);
+  if (o.protocol == "llamacpp" && tok.add_bos_by_default()) p.bos = tok.bos_id();
+  p.windows = plan_windows(int64_t(p.ids.size()), o.protocol, o.ctx, o.stride, p.bos,
+                           o.file.empty() ? o.ids_file : o.file);
   return p;
 }
 
@@ -102,7 +101,7 @@ void add_perplexity(CLI::App& app) {
     apply_threads(o->threads);
     apply_exact(o->exact);
     auto p = prepare(*o, o->model);
-    auto model = load_model(o->model);
+    auto model = load_model(o->model, load_options(o->lora));
     int64_t total = 0;
     for (auto& w : p.windows) total += w.count();
     ProgressOptions po;
@@ -130,19 +129,21 @@ void add_perplexity(CLI::App& app) {
 void add_kl(CLI::App& app) {
   auto o = std::make_shared<EvalOpts>();
   auto other = std::make_shared<std::string>();
+  auto other_lora = std::make_shared<std::string>();
   auto* sub = app.add_subcommand("kl", "KL divergence, top-1 agreement and PPL of a model against a base model");
   sub->add_option("-m,--model", o->model, "Base model directory (the reference distribution)")->required();
   sub->add_option("--other", *other, "Model to compare (e.g. its HXQ compression)")->required();
   add_eval_options(sub, *o);
+  add_lora_option(sub, *other_lora, "--other-lora", "--other's model");
   sub->add_flag("--base-exact", o->base_exact,
                 "Run only the base model (-m) with exact float32 HXQ math, e.g. to measure the fast decode "
                 "kernels' effect with -m DIR --other DIR --stepwise");
-  sub->callback([o, other] {
+  sub->callback([o, other, other_lora] {
     apply_threads(o->threads);
     apply_exact(o->exact);
     auto p = prepare(*o, o->model);
-    auto base = load_model(o->model);
-    auto oth = load_model(*other);
+    auto base = load_model(o->model, load_options(o->lora));
+    auto oth = load_model(*other, load_options(*other_lora));
     int64_t total = 0;
     for (auto& w : p.windows) total += w.count();
     ProgressOptions po;

@@ -41,6 +41,7 @@ void add_serve(CLI::App& app) {
       ->check(CLI::Range(0.0, 3600.0));
   sub->add_option("--http-threads", s.http_threads, "Connection threads (default: slots + queue + 8)")
       ->check(CLI::Range(0, 4096));
+  add_lora_option(sub, s.lora);
   sub->add_flag("--log", s.log_requests, "Log one line per request on stderr");
   sub->add_flag("--json", s.json, "Print the start-up lines as JSON");
   add_threads_option(sub, o->threads);

@@ -24,6 +24,12 @@ void apply_exact(bool exact) {
   if (exact) set_hxq_math(HxqMath::Exact);
 }
 
+void add_lora_option(CLI::App* sub, std::string& dir, const std::string& flag, const std::string& which) {
+  sub->add_option(flag, dir,
+                  "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) applied to " + which +
+                      " without merging");
+}
+
 std::vector<int32_t> read_ids_file(const std::string& path) {
   std::string bytes = read_text_file(path);
   if (bytes.size() % 4 != 0)

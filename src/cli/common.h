@@ -16,6 +16,11 @@ void apply_threads(int threads);
 void add_exact_option(CLI::App* sub, bool& exact);
 void apply_exact(bool exact);
 
+// Adds `flag` DIR (default --lora): a PEFT LoRA adapter directory applied to the model at load
+// (LoadOptions::lora) without merging.
+void add_lora_option(CLI::App* sub, std::string& dir, const std::string& flag = "--lora",
+                     const std::string& which = "the model");
+
 // Little-endian int32 token ids (throws Error naming the file if the size is not a multiple of 4).
 std::vector<int32_t> read_ids_file(const std::string& path);
 

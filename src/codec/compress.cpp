@@ -5,12 +5,14 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "codec/hxq2_codec.h"
 #include "codec/hxq2_weight.h"
 #include "codec/hxq_config.h"
 #include "codec/hxq_weight.h"
+#include "codec/lora.h"
 #include "core/error.h"
 #include "core/output.h"
 #include "io/checkpoint_writer.h"
@@ -61,6 +63,36 @@ std::vector<float> as_f32(const TensorInfo& t) {
   return v;
 }
 
+// --merge-lora: the adapter module to add to each weight tensor, by tensor name.
+using MergeMap = std::map<std::string, const LoraModule*>;
+
+// A weight as float32, with its LoRA delta merged when it has one.
+std::vector<float> weight_f32(const TensorInfo& t, const MergeMap& merge) {
+  auto v = as_f32(t);
+  if (auto it = merge.find(t.name); it != merge.end()) lora_merge(*it->second, v.data());
+  return v;
+}
+
+// Every adapter module must be a dense float weight of the checkpoint with the adapter's shape.
+MergeMap plan_merge(const LoraAdapter& a, const TensorStore& store, const std::string& in_dir) {
+  MergeMap merge;
+  for (const auto& m : a.modules) {
+    if (is_hxq_module(store, m->name))
+      fail("{}: adapter module '{}' is stored compressed (HXQ) in {}: cannot merge a LoRA adapter into a compressed "
+           "weight (merge into the dense checkpoint, then compress)", a.dir, m->name, in_dir);
+    const TensorInfo* t = store.find(m->name + ".weight");
+    if (!t) fail("{}: adapter module '{}' has no weight '{}.weight' in {}", a.dir, m->name, m->name, in_dir);
+    if (t->shape != std::vector<int64_t>{m->out, m->in})
+      fail("{}: adapter module '{}' has shape [{}, {}] (out, in), '{}' in {} is {} (an adapter for another base "
+           "model?)", a.dir, m->name, m->out, m->in, t->name, in_dir, t->shape_str());
+    if (!is_float(t->dtype))
+      fail("{}: tensor '{}' has dtype {}; a LoRA adapter merges into float weights only", t->file, t->name,
+           dtype_name(t->dtype));
+    merge[t->name] = m.get();
+  }
+  return merge;
+}
+
 // V2: a tensor gets its own codebook when that costs at most 1/32 bit per weight (F32 entries);
 // smaller tensors share one codebook per bit width, fitted on all of them together.
 bool v2_own_codebook(int64_t numel, int bits) { return numel >= (int64_t(1024) << bits); }
@@ -82,7 +114,8 @@ const std::vector<std::string>& module_suffixes() {
 // Deterministic: ties go to the first tensor in name order. (Measured on mamba2-neox-17m, --bpw 4.5
 // --group 16, first 8,192 WikiText-2 tokens: mean KL 4.03e-3 with this cost, 5.03e-3 with the relative error SSE / Σw².)
 std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<std::string>& chosen,
-                                     const CompressOptions& opt, const CompressProgress& progress, uint64_t total_bytes) {
+                                     const CompressOptions& opt, const CompressProgress& progress, uint64_t total_bytes,
+                                     const MergeMap& merge) {
   static constexpr int kWidths[4] = {4, 5, 6, 8};
   struct Opt {
     double err[4];
@@ -96,7 +129,7 @@ std::map<std::string, int> plan_bits(const TensorStore& store, const std::set<st
     if (progress) progress(0, total_bytes, "planning " + names[i]);
     const auto& t = store.get(names[i]);
     weights += double(t.numel());
-    const auto wf = as_f32(t);
+    const auto wf = weight_f32(t, merge);
     for (int j = 0; j < 4; ++j) {
       Encode2Options e;
       e.bits = kWidths[j];
@@ -208,6 +241,8 @@ json CompressReceipt::to_json() const {
           {"seconds", seconds},
           {"mb_per_s", mb_per_s()},
           {"modules", mods}};
+  if (!merged_lora.empty())
+    j["merged_lora"] = {{"adapter", merged_lora}, {"modules", merged_lora_modules}, {"dense_f32", merged_lora_dense}};
   if (format == "v2") {
     j["bits"] = bits ? json(bits) : json(nullptr);
     j["group"] = group;
@@ -227,9 +262,15 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
   auto t0 = std::chrono::steady_clock::now();
   json cfg = load_config(in_dir);
   const std::string cfg_path = (fs::path(in_dir) / "config.json").string();
-  if (cfg.contains("quantization_config"))
+  std::optional<LoraAdapter> lora;
+  if (!opt.merge_lora.empty()) lora = LoraAdapter::load(opt.merge_lora);
+  if (cfg.contains("quantization_config") && !lora)
     fail("{}: already has a quantization_config (the checkpoint is compressed already)", cfg_path);
   auto store = TensorStore::open(in_dir);
+  // (A compressed source with an adapter: the adapter's modules name the problem first.)
+  const MergeMap merge = lora ? plan_merge(*lora, store, in_dir) : MergeMap{};
+  if (cfg.contains("quantization_config"))
+    fail("{}: already has a quantization_config (the checkpoint is compressed already)", cfg_path);
   AtomicOutputDir out(out_dir, opt.overwrite, {in_dir});
 
   CompressReceipt rc;
@@ -240,6 +281,10 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
                : opt.encode.sidecar == SidecarMethod::Magnitude ? "magnitude" : "none";
   rc.sidecar_fraction = opt.encode.sidecar == SidecarMethod::Error ? opt.encode.sidecar_fraction : 0.0;
   rc.input_bytes = store.total_bytes();
+  if (lora) {
+    rc.merged_lora = lora->dir;
+    rc.merged_lora_modules = int64_t(lora->modules.size());
+  }
 
   // Plan: which tensors become HXQ modules.
   auto names = store.names();
@@ -276,7 +321,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     rc.codebook = "optimal, group-scaled";
     rc.sidecar = opt.v2_sidecar_fraction > 0 ? "error" : "none";
     rc.sidecar_fraction = opt.v2_sidecar_fraction;
-    if (opt.bpw > 0) bits_of = plan_bits(store, chosen, opt, progress, work_total);
+    if (opt.bpw > 0) bits_of = plan_bits(store, chosen, opt, progress, work_total, merge);
     else
       for (auto& n : chosen) bits_of[n] = opt.bits;
     // Shared codebooks in two rounds, as encode2 fits its own: on the initial scales, then on the
@@ -288,7 +333,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
         const auto& t = store.get(n);
         const int b = bits_of[n];
         if (v2_own_codebook(t.numel(), b)) continue;
-        const auto wf = as_f32(t);
+        const auto wf = weight_f32(t, merge);
         if (round == 0) {
           const auto s = hxq2_initial_scales(wf.data(), t.shape[0], t.shape[1], opt.group);
           hist[b].add(hxq2_histogram(wf.data(), t.shape[0], t.shape[1], opt.group, s));
@@ -320,8 +365,15 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     check_interrupted();
     const auto& t = store.get(n);
     if (progress) progress(work_done, work_total, n);
+    const bool merged = merge.count(n) != 0;
     if (!chosen.count(n)) {
-      w.add(t);
+      if (merged) {  // a merged weight that stays dense: F32
+        const auto v = weight_f32(t, merge);
+        w.add(n, DType::F32, t.shape, v.data(), v.size() * sizeof(float));
+        rc.merged_lora_dense.push_back(n.substr(0, n.size() - 7));
+      } else {
+        w.add(t);
+      }
       rc.exact_tensors++;
       rc.total_keys++;
       work_done += t.nbytes;
@@ -332,6 +384,10 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
     EncodeOptions eo = opt.encode;
     eo.module = m;
     const int64_t rows = t.shape[0], cols = t.shape[1], numel = rows * cols;
+    // The values to encode: the stored weight, or the merged one in float32.
+    const std::vector<float> merged_w = merged ? weight_f32(t, merge) : std::vector<float>{};
+    const void* wdata = merged ? static_cast<const void*>(merged_w.data()) : static_cast<const void*>(t.data);
+    const DType wdt = merged ? DType::F32 : t.dtype;
     // The receipt line of this module (bytes = everything it stores).
     auto record = [&](int bits, int64_t sidecar, uint64_t bytes, const EncodeStats& st) {
       TensorReceipt tr;
@@ -358,8 +414,8 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
       e2.group = opt.group;
       e2.sidecar_fraction = opt.v2_sidecar_fraction;
       if (!v2_own_codebook(numel, e2.bits)) e2.codebook = &shared.at(e2.bits);
-      const Hxq2Tensor h = encode2(t.data, t.dtype, rows, cols, e2);
-      const auto st = encode_stats(t.data, t.dtype, h);
+      const Hxq2Tensor h = encode2(wdata, wdt, rows, cols, e2);
+      const auto st = encode_stats(wdata, wdt, h);
       const int32_t qp[2] = {h.bits | h.group << 8 | 2 << 16, int32_t(cols)};
       const float sp[2] = {h.scale_max, h.scale_step};
       w.add(m + ".qparams", DType::I32, {2}, qp, sizeof qp);
@@ -388,8 +444,8 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
       const double cap = std::max(0.0, std::floor(spare / 96.0));
       eo.sidecar_fraction = std::min(eo.sidecar_fraction, cap / double(numel));
     }
-    HxqTensor h = encode(t.data, t.dtype, rows, cols, eo);
-    auto st = encode_stats(t.data, t.dtype, h);
+    HxqTensor h = encode(wdata, wdt, rows, cols, eo);
+    auto st = encode_stats(wdata, wdt, h);
     w.add(m + ".codebook", DType::F32, {int64_t(h.codebook.size())}, h.codebook.data(), h.codebook.size() * 4);
     w.add(m + ".indices", DType::U8, {rows, cols}, h.indices.data(), h.indices.size());
     w.add(m + ".sidecar_positions", DType::I64, {int64_t(h.sidecar_pos.size())}, h.sidecar_pos.data(),

@@ -32,6 +32,11 @@ struct CompressOptions {
   EncodeOptions encode;                  // helix: codebook / sidecar method and fraction
   bool embeddings = false;               // also the token embedding (and an untied lm_head)
   std::vector<std::string> only, skip;   // glob patterns on module names (tensor name minus .weight)
+  // A PEFT LoRA adapter directory (codec/lora.h) whose deltas are added to the source weights
+  // (converted to float32: W += s·B·A, lora_merge) before compressing; a merged module that is not
+  // compressed is written as F32. Every adapter module must be a dense float weight of the
+  // checkpoint with the adapter's shape (checked before anything is written). Empty: none.
+  std::string merge_lora;
   uint64_t max_shard_bytes = 4'000'000'000ull;  // output shards above this size
   bool overwrite = false;
   bool fsync = true;
@@ -58,6 +63,11 @@ struct CompressReceipt {
   uint64_t input_bytes = 0, output_bytes = 0;
   uint64_t compressed_weights = 0, compressed_bytes = 0;  // of the compressed modules only
   double seconds = 0;
+  // With CompressOptions::merge_lora: the adapter, how many modules were merged, and those of them
+  // written dense (F32) because they were not compressed.
+  std::string merged_lora;
+  int64_t merged_lora_modules = 0;
+  std::vector<std::string> merged_lora_dense;
 
   int64_t sidecar_entries() const {
     int64_t n = 0;

@@ -7,6 +7,19 @@
 
 namespace hxq {
 
+std::vector<int32_t> eos_ids_from_config(const json& cfg, std::optional<int32_t> tokenizer_eos) {
+  std::vector<int32_t> ids;
+  if (cfg.is_object() && cfg.contains("eos_token_id")) {
+    const auto& e = cfg["eos_token_id"];
+    if (e.is_number_integer()) ids.push_back(e.get<int32_t>());
+    if (e.is_array())
+      for (auto& x : e)
+        if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
+  }
+  if (ids.empty() && tokenizer_eos) ids.push_back(*tokenizer_eos);
+  return ids;
+}
+
 GenerateResult generate(const Model& model, ModelState& state, std::span<const int32_t> prompt, int64_t max_new,
                         Sampler& sampler, const std::vector<int32_t>& eos_ids,
                         const std::function<bool(int32_t)>& on_token) {

@@ -1,7 +1,9 @@
 // Text generation loop shared by the CLI and tests: prefill the prompt, then decode one token at
 // a time from the model state, stopping at an EOS id or after max_new tokens; timed.
 #pragma once
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "models/model.h"
@@ -15,6 +17,10 @@ struct GenerateResult {
   int64_t decode_steps = 0;  // forward passes of one token
   bool stopped_at_eos = false;
 };
+
+// The ids that end generation: config.json's eos_token_id (an integer or a list of them; other
+// entries are ignored), else the tokenizer's EOS when it has one, else none.
+std::vector<int32_t> eos_ids_from_config(const json& cfg, std::optional<int32_t> tokenizer_eos);
 
 // on_token(id) is called as each token is chosen; return false to stop early.
 GenerateResult generate(const Model& model, ModelState& state, std::span<const int32_t> prompt, int64_t max_new,

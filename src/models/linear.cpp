@@ -1,15 +1,18 @@
 #include "models/linear.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fmt/format.h>
 
 #include "codec/hxq2_weight.h"
 #include "codec/hxq_weight.h"
+#include "codec/lora.h"
 #include "core/error.h"
 #include "core/op_profile.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_t.h"
 #include "kernels/hxq2_gemm.h"
 #include "kernels/hxq_gemm.h"
 
@@ -102,9 +105,78 @@ void Linear::forward(const float* X, int64_t T, float* Y) const {
   if (!bias_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t o = 0; o < out_; ++o) Y[t * out_ + o] += bias_[size_t(o)];
+  if (lora_) [[unlikely]] add_lora(X, T, Y);
   if (prof)
     op_profile_add(profile_label(T), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                    weight_bytes());
+}
+
+void Linear::set_lora(std::shared_ptr<const LoraModule> lora) {
+  if (lora) {
+    const LoraModule& m = *lora;
+    if (m.in != in_ || m.out != out_)
+      fail("LoRA module '{}' has shape [{}, {}] (out, in), the layer '{}' is [{}, {}]", m.name, m.out, m.in, name_,
+           out_, in_);
+    if (m.rank <= 0 || m.A.size() != size_t(m.rank * m.in) || m.B.size() != size_t(m.out * m.rank))
+      fail("LoRA module '{}': A has {} values and B {} for rank {} and shape [{}, {}]", m.name, m.A.size(),
+           m.B.size(), m.rank, m.out, m.in);
+  }
+  lora_ = std::move(lora);
+}
+
+// Y += s·(X·Aᵀ)·Bᵀ, in chunks of rows so that the scratch stays small (rank + out floats per row
+// of a chunk). The scratch is per thread (Linear::forward may run on several threads at once) and
+// only grows: no allocation once warm.
+void Linear::grad_input(const float* G, int64_t T, float* dX) const {
+  if (T <= 0) return;
+  if (kind_ == Kind::Hxq2) {
+    gemm_t_hxq2(G, T, hxq2_->view(), dX);
+  } else if (kind_ == Kind::Hxq && hxq_->canonical()) {
+    gemm_t_hxq(G, T, hxq_->view(), dX);
+  } else if (kind_ == Kind::Hxq) {
+    // helix-substrate's wide (k > 256) and pair codebooks have no kernel view: one decoded row
+    // at a time, dX[t] += G[t, r] · W[r] (in row order, as the references sum).
+    std::vector<float> w(static_cast<size_t>(in_));
+    std::fill(dX, dX + T * in_, 0.0f);
+    for (int64_t r = 0; r < out_; ++r) {
+      hxq_->row(r, w.data());
+      for (int64_t t = 0; t < T; ++t) {
+        const float g = G[t * out_ + r];
+        float* d = dX + t * in_;
+        for (int64_t c = 0; c < in_; ++c) d[c] += g * w[size_t(c)];
+      }
+    }
+  } else {
+    gemm_t_dense(G, T, out_, data_, dtype_, in_, dX);
+  }
+  if (lora_) {
+    // dX += s · (G · B) · A, with G·B [T, rank] through the same transposed kernel
+    const LoraModule& m = *lora_;
+    std::vector<float> gb(size_t(T * m.rank)), d(size_t(T * in_));
+    gemm_t_dense(G, T, out_, m.B.data(), DType::F32, m.rank, gb.data());
+    for (auto& x : gb) x *= m.scale;
+    gemm_t_dense(gb.data(), T, m.rank, m.A.data(), DType::F32, in_, d.data());
+    for (int64_t i = 0; i < T * in_; ++i) dX[i] += d[size_t(i)];
+  }
+}
+
+void Linear::add_lora(const float* X, int64_t T, float* Y) const {
+  const LoraModule& m = *lora_;
+  constexpr int64_t kRows = 64;
+  const int64_t rows = std::min(T, kRows);
+  thread_local std::vector<float> t_buf, u_buf;
+  if (t_buf.size() < size_t(rows * m.rank)) t_buf.resize(size_t(rows * m.rank));
+  if (u_buf.size() < size_t(rows * out_)) u_buf.resize(size_t(rows * out_));
+  float* t = t_buf.data();
+  float* u = u_buf.data();
+  for (int64_t r0 = 0; r0 < T; r0 += kRows) {
+    const int64_t n = std::min(kRows, T - r0);
+    gemm_dense(X + r0 * in_, n, in_, m.A.data(), DType::F32, m.rank, t);  // [n, rank]
+    for (int64_t i = 0; i < n * m.rank; ++i) t[i] *= m.scale;
+    gemm_dense(t, n, m.rank, m.B.data(), DType::F32, out_, u);  // [n, out]
+    float* y = Y + r0 * out_;
+    for (int64_t i = 0; i < n * out_; ++i) y[i] += u[i];
+  }
 }
 
 std::string Linear::profile_label(int64_t T) const {
@@ -112,6 +184,7 @@ std::string Linear::profile_label(int64_t T) const {
                      : kind_ == Kind::Hxq2 ? fmt::format("HXQ v2 {}-bit", hxq2_->bits())
                                            : fmt::format("dense {}", dtype_name(dtype_));
   std::string l = fmt::format("{} {}x{}", kind, out_, in_);
+  if (lora_) l += fmt::format(" +LoRA r={}", lora_->rank);
   if (T != 1) l += fmt::format(" T={}", T);
   return l;
 }
@@ -130,9 +203,10 @@ bool Linear::fast_decode_kernel() const {
 }
 
 size_t Linear::weight_bytes() const {
-  if (kind_ == Kind::Hxq) return hxq_->bytes();
-  if (kind_ == Kind::Hxq2) return hxq2_->bytes();
-  return size_t(in_ * out_) * dtype_size(dtype_);
+  const size_t adapter = lora_ ? lora_->bytes() : 0;
+  if (kind_ == Kind::Hxq) return hxq_->bytes() + adapter;
+  if (kind_ == Kind::Hxq2) return hxq2_->bytes() + adapter;
+  return size_t(in_ * out_) * dtype_size(dtype_) + adapter;
 }
 
 }  // namespace hxq

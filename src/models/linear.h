@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -14,6 +15,7 @@ struct TensorInfo;
 class TensorStore;
 class HxqWeight;
 class Hxq2Weight;
+struct LoraModule;
 
 class Linear {
  public:
@@ -46,14 +48,33 @@ class Linear {
   bool fast_decode_kernel() const;
   bool has_bias() const { return !bias_.empty(); }
 
-  // Y[T, out] = X[T, in] · Wᵀ (+ bias). X and Y are row-major float32.
+  // The module's name in the model (the checkpoint's tensor name minus ".weight"; set by
+  // load_linear), e.g. "model.layers.0.self_attn.q_proj". Empty for layers built otherwise.
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+
+  // A LoRA adapter on this layer (codec/lora.h): forward adds s·B·(A·X) for every row. Fails with
+  // a one-line error naming the module unless the adapter's [out, in] is this layer's; null
+  // detaches. Not thread-safe against concurrent forwards (attach before running).
+  void set_lora(std::shared_ptr<const LoraModule> lora);
+  const LoraModule* lora() const { return lora_.get(); }
+
+  // Y[T, out] = X[T, in] · Wᵀ (+ bias) (+ s·(X·Aᵀ)·Bᵀ with a LoRA adapter). X and Y are
+  // row-major float32. Safe to call from several threads at once (on different X and Y).
   void forward(const float* X, int64_t T, float* Y) const;
+  // dX[T, in] = G[T, out] · W: the input gradient of forward() (the bias has none; a LoRA
+  // adapter adds s·(G·B)·A), computed from the stored form by the transposed kernels
+  // (kernels/gemm_t.h), never from a dense copy of W. For training through frozen layers
+  // (python/hxq/torch.py). Same threading guarantees as forward().
+  void grad_input(const float* G, int64_t T, float* dX) const;
   // Row r of W (an embedding lookup when W is a token embedding).
   void row(int64_t r, float* out) const;
-  // Bytes of weight data read by one forward (codebook, indices and sidecar for HXQ).
+  // Bytes of weight data read by one forward (codebook, indices and sidecar for HXQ; a LoRA
+  // adapter's A and B).
   size_t weight_bytes() const;
   // The label of this layer's forwards in the op profile (core/op_profile.h): storage and shape,
-  // e.g. "HXQ v2 8-bit 4096x8192", "dense BF16 32000x2048" (+ " T=n" for n rows of X).
+  // e.g. "HXQ v2 8-bit 4096x8192", "dense BF16 32000x2048" (+ " +LoRA r=16" with an adapter,
+  // + " T=n" for n rows of X).
   std::string profile_label(int64_t T) const;
 
  private:
@@ -64,6 +85,10 @@ class Linear {
   std::vector<float> bias_;
   std::shared_ptr<const HxqWeight> hxq_;
   std::shared_ptr<const Hxq2Weight> hxq2_;
+  std::string name_;
+  std::shared_ptr<const LoraModule> lora_;
+
+  void add_lora(const float* X, int64_t T, float* Y) const;
 };
 
 }  // namespace hxq

@@ -134,6 +134,12 @@ class Mamba1Model final : public Model {
     return b;
   }
 
+  void visit_linears(FnRef<void(Linear&)> fn) override {
+    for (auto& L : layers_)
+      for (Linear* l : {&L.in_proj, &L.x_proj, &L.dt_proj, &L.out_proj}) fn(*l);
+    if (io_.separate) fn(io_.lm_head);
+  }
+
   std::unique_ptr<ModelState> new_state() const override { return std::make_unique<Mamba1State>(cfg_); }
 
   // Layer by layer over all T tokens: every block sees the whole prompt at once.

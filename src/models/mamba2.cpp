@@ -94,6 +94,14 @@ class Mamba2Model final : public Model {
     return b;
   }
 
+  void visit_linears(FnRef<void(Linear&)> fn) override {
+    for (auto& L : layers_) {
+      fn(L.mixer.in_proj);
+      fn(L.mixer.out_proj);
+    }
+    if (io_.separate) fn(io_.lm_head);
+  }
+
   std::unique_ptr<ModelState> new_state() const override { return std::make_unique<Mamba2State>(cfg_); }
 
   void forward(ModelState& state_base, std::span<const int32_t> ids, int64_t logits_from, float* logits,

@@ -7,9 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "core/threadpool.h"
 #include "io/json.h"
 
 namespace hxq {
+
+class Linear;
+struct LoraAdapter;
 
 // Per-sequence mutable state: the recurrent SSM/conv state or a KV cache. One state belongs to
 // one sequence; states of one model are independent of each other (any number may be alive).
@@ -82,12 +86,35 @@ class Model {
 
   // Bytes read from weights per decoded token (for bandwidth figures).
   virtual uint64_t decode_weight_bytes() const = 0;
+
+  // Calls fn once on every linear layer the model runs that may carry a LoRA adapter, named as
+  // the checkpoint stores it (Linear::name): the projections (a Zamba2 shared block's once, under
+  // the hybrid layer that stores it) and an untied lm_head — never the token embedding, nor a
+  // head tied to it. The default visits none (a model that cannot carry adapters).
+  virtual void visit_linears(FnRef<void(Linear&)> fn) {}
+
+  // Attaches every module of `adapter` to the linear layer of the same name (Linear::set_lora),
+  // after checking them all: a module the model does not have (an embedding, an lm_head tied to
+  // the embedding, a layer of another architecture) or whose [out, in] differs from the layer's
+  // fails with one line naming the adapter directory and the module, and nothing is attached.
+  // Not to be called while forwards run.
+  void attach_lora(const LoraAdapter& adapter);
+  // Linear layers carrying a LoRA adapter (0 without one), and the adapter's directory.
+  int64_t lora_layers() const { return lora_layers_; }
+  const std::string& lora_dir() const { return lora_dir_; }
+
+ private:
+  int64_t lora_layers_ = 0;
+  std::string lora_dir_;
 };
 
 struct LoadOptions {
   // Mamba2 gated RMSNorm: -1 = from the checkpoint format (transformers: whole d_inner;
   // mamba_ssm-style config: per group), 0 = force whole, 1 = force grouped.
   int grouped_norm = -1;
+  // A PEFT LoRA adapter directory (codec/lora.h) attached after loading (Model::attach_lora);
+  // empty: none.
+  std::string lora;
 };
 
 // The checks of decode_batch common to every architecture, failing with one-line errors:

@@ -155,6 +155,12 @@ class TransformerModel final : public Model {
     return b;
   }
 
+  void visit_linears(FnRef<void(Linear&)> fn) override {
+    for (auto& L : layers_)
+      for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) fn(*l);
+    if (separate_head_) fn(lm_head_);
+  }
+
   std::unique_ptr<ModelState> new_state() const override {
     return std::make_unique<KVCacheState>(cfg_, inv_freq0_);
   }

@@ -11,10 +11,13 @@ Linear load_linear(const TensorStore& store, const std::string& m, bool bias) {
       fail("{}: module '{}' has both a dense weight and HXQ tensors", store.location(), m);
     Linear l = Linear::hxq(store, m);
     if (!bias && l.has_bias()) fail("{}: module '{}' has a bias this architecture does not use", store.location(), m);
+    l.set_name(m);
     return l;
   }
   const TensorInfo* b = bias ? store.find(m + ".bias") : nullptr;
-  return Linear::dense(store.get(m + ".weight"), b);
+  Linear l = Linear::dense(store.get(m + ".weight"), b);
+  l.set_name(m);
+  return l;
 }
 
 std::vector<float> load_vector(const TensorStore& store, const std::string& name, int64_t numel) {

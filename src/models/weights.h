@@ -14,7 +14,7 @@ namespace hxq {
 
 
 // Linear layer `m` (dense `m.weight` or HXQ `m.codebook`/`m.indices`/...), with `m.bias` when
-// `bias` is true and the checkpoint has it.
+// `bias` is true and the checkpoint has it, named `m` (Linear::name, which LoRA adapters match).
 Linear load_linear(const TensorStore& store, const std::string& m, bool bias = false);
 
 // Tensor `name` as float32, checking that it has `numel` elements (any shape).

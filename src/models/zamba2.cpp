@@ -200,6 +200,25 @@ class Zamba2Model final : public Model {
     return b;
   }
 
+  // The shared blocks' layers once each, their per-invocation adapters, the Mamba layers' and the
+  // hybrid layers' `linear`, an untied head.
+  void visit_linears(FnRef<void(Linear&)> fn) override {
+    for (auto& B : blocks_)
+      for (Linear* l : {&B.q, &B.k, &B.v, &B.o, &B.gate_up, &B.down}) fn(*l);
+    for (auto& inv : invocations_)
+      for (Lora* a : {&inv.q, &inv.k, &inv.v, &inv.gate_up})
+        if (a->present()) {
+          fn(a->down);
+          fn(a->up);
+        }
+    for (auto& L : layers_) {
+      fn(L.mixer.in_proj);
+      fn(L.mixer.out_proj);
+      if (L.invocation >= 0) fn(L.linear);
+    }
+    if (io_.separate) fn(io_.lm_head);
+  }
+
   std::unique_ptr<ModelState> new_state() const override { return std::make_unique<Zamba2State>(cfg_); }
 
   void forward(ModelState& state_base, std::span<const int32_t> ids, int64_t logits_from, float* logits,

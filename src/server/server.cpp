@@ -122,7 +122,9 @@ void Server::load() {
   json cfg = load_config(dir);
   L->tok = Tokenizer::load(dir);
   L->chat = ChatTemplate::load(dir, opt_.chat_template_file);
-  L->model = load_model(dir);
+  LoadOptions lo;
+  lo.lora = opt_.lora;
+  L->model = load_model(dir, lo);
   L->vocab = L->model->vocab_size();
   L->ctx = opt_.ctx;
   if (L->ctx <= 0) {

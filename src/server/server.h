@@ -9,6 +9,7 @@ namespace hxq::server {
 
 struct ServerOptions {
   std::string model_dir;
+  std::string lora;                   // PEFT LoRA adapter directory applied at load ("" = none)
   std::string host = "127.0.0.1";
   int port = 8080;                    // 0: any free port (printed when listening)
   std::string alias;                  // model id in responses (default: the directory's name)
