@@ -23,7 +23,8 @@ ALLOWED = {
     "eval": {"core", "io", "kernels", "codec", "models", "tokenizer", "eval"},
     "server": {"core", "io", "kernels", "codec", "models", "tokenizer", "server"},
     "cli": {"core", "io", "kernels", "codec", "models", "tokenizer", "eval", "server", "cli"},
-    "python": {"core", "io", "kernels", "codec", "models", "tokenizer", "eval", "python"},
+    # The Python extension is a front end like the CLI (it shares the server's stop-string matcher).
+    "python": {"core", "io", "kernels", "codec", "models", "tokenizer", "eval", "server", "python"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/[^"]+"', re.M)
 

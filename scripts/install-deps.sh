@@ -3,7 +3,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev
       libpcre2-dev libicu-dev libgtest-dev libbenchmark-dev libsentencepiece-dev
-      libcpp-httplib-dev python3-jinja2 python3-requests python3-pytest)
+      libcpp-httplib-dev python3-jinja2 python3-requests python3-pytest
+      pybind11-dev python3-dev python3-pip python3-setuptools python3-wheel python3-numpy python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
