@@ -78,10 +78,10 @@ class Model:
     def complete(self, prompt: Prompt, max_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, seed: int = 0,
                  stop: Union[None, str, Sequence[str]] = None) -> Dict[str, object]: ...
-    def perplexity(self, text: Optional[str] = None, *, ids: Optional[TokenIds] = None, ctx: int = 0,
+    def perplexity(self, text: Optional[str] = None, *, ids: Optional[TokenIds] = None, ctx: Optional[int] = None,
                    stride: int = 512, protocol: str = "hf", max_tokens: int = 0, stepwise: bool = False,
                    progress: Optional[EvalProgress] = None) -> Dict[str, object]: ...
-    def kl(self, other: "Model", text: Optional[str] = None, *, ids: Optional[TokenIds] = None, ctx: int = 0,
+    def kl(self, other: "Model", text: Optional[str] = None, *, ids: Optional[TokenIds] = None, ctx: Optional[int] = None,
            stride: int = 512, protocol: str = "hf", max_tokens: int = 0, stepwise: bool = False,
            progress: Optional[EvalProgress] = None) -> Dict[str, object]: ...
 

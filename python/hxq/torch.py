@@ -96,6 +96,23 @@ class HxqLinear(nn.Module):
         probe = _hxq.CompressedLinear({k: v for k, v in t.items() if k != "bias"}, -1, -1, exact)
         return cls(t, probe.in_features, probe.out_features, exact=exact)
 
+    def _apply(self, fn, *args, **kwargs):
+        # model.half() / .to(dtype) must not re-encode the stored tensors (float32 codebooks and
+        # scales are part of the format): they keep their dtype; the bias follows the module.
+        before = {k: getattr(self, k) for k in self._names}
+        out = super()._apply(fn, *args, **kwargs)
+        for k, old in before.items():
+            new = getattr(self, k)
+            if new.dtype != old.dtype:
+                self._buffers[k] = old.to(device=new.device)
+        return out
+
+    def __getstate__(self):
+        # pickling / copy.deepcopy: the engine handle is rebuilt from the buffers on first use
+        state = self.__dict__.copy()
+        state["_engine"], state["_key"] = None, ()
+        return state
+
     def _stored(self) -> Dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in self._names}
 

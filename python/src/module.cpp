@@ -543,9 +543,10 @@ EvalProgress eval_progress(py::handle cb) {
   };
 }
 
-py::dict py_perplexity(PyModel& m, py::handle text, py::handle ids, int64_t ctx, int64_t stride,
+py::dict py_perplexity(PyModel& m, py::handle text, py::handle ids, std::optional<int64_t> ctx, int64_t stride,
                     const std::string& protocol, int64_t max_tokens, bool stepwise, py::handle progress) {
-  auto a = eval_args(m, text, ids, ctx, stride, protocol, max_tokens);
+  if (ctx && *ctx < 2) value_error(fmt::format("ctx: {} must be at least 2", *ctx));
+  auto a = eval_args(m, text, ids, ctx.value_or(0), stride, protocol, max_tokens);
   EvalOptions eo;
   eo.stepwise = stepwise;
   eo.math = m.math();
@@ -571,9 +572,10 @@ py::dict py_perplexity(PyModel& m, py::handle text, py::handle ids, int64_t ctx,
   return d;
 }
 
-py::dict py_kl(PyModel& m, PyModel& other, py::handle text, py::handle ids, int64_t ctx, int64_t stride,
+py::dict py_kl(PyModel& m, PyModel& other, py::handle text, py::handle ids, std::optional<int64_t> ctx, int64_t stride,
             const std::string& protocol, int64_t max_tokens, bool stepwise, py::handle progress) {
-  auto a = eval_args(m, text, ids, ctx, stride, protocol, max_tokens);
+  if (ctx && *ctx < 2) value_error(fmt::format("ctx: {} must be at least 2", *ctx));
+  auto a = eval_args(m, text, ids, ctx.value_or(0), stride, protocol, max_tokens);
   if (other.vocab() != m.vocab())
     value_error(fmt::format("other: vocabulary of {} tokens, the base model has {}", other.vocab(), m.vocab()));
   EvalOptions eo;
@@ -794,6 +796,27 @@ void save_safetensors(const std::string& path, const py::dict& tensors, const st
 
 }  // namespace
 
+
+constexpr const char* kGenerateDoc =
+    "Generates a continuation of prompt (text: BOS added as `hxq generate` does; or token ids as given) "
+    "and returns its text. Greedy at temperature 0; else seeded sampling with temperature, top_k, top_p, "
+    "min_p. Stops at an EOS id, after max_tokens, or before the first stop string (not included). Same "
+    "tokens and text as `hxq generate` with the same options.";
+constexpr const char* kStreamDoc =
+    "Like generate(), as an iterator of the text pieces that become final as tokens decode (their "
+    "concatenation is generate()'s text); .ids, .finish_reason and .stats once it ends.";
+constexpr const char* kCompleteDoc =
+    "Like generate(), returning a dict: text, ids (generated, EOS included), prompt_ids, finish_reason "
+    "(\"stop\" or \"length\"), prompt_tokens, completion_tokens, prefill/decode seconds and tokens/s.";
+constexpr const char* kPerplexityDoc =
+    "Perplexity on text (tokenized without BOS) or ids: protocol \"hf\" (windows of ctx tokens, default "
+    "2048, every stride tokens) or \"llamacpp\" (halves of ctx-token chunks, default 512); max_tokens "
+    "truncates; stepwise scores token by token as generation runs. progress(windows_done, windows_total, "
+    "tokens_scored, running_ppl). Returns the keys of `hxq perplexity --json`.";
+constexpr const char* kKlDoc =
+    "KL(self || other) per scored token, top-1 agreement and both perplexities on the same windows as "
+    "perplexity(); returns the keys of `hxq kl --json`.";
+
 PYBIND11_MODULE(_hxq, mod) {
   mod.doc() = "hxq engine bindings (use the hxq package, not this module)";
 
@@ -921,7 +944,7 @@ PYBIND11_MODULE(_hxq, mod) {
         auto p = prompt_ids(*m, prompt);
         return std::make_shared<Generation>(m, std::move(p), o);
       }, py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("stop") = py::none())
+           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("stop") = py::none(), kStreamDoc)
       .def("generate", [](std::shared_ptr<PyModel> m, py::handle prompt, int64_t max_tokens, float temperature, int top_k,
                           float top_p, float min_p, uint64_t seed, py::handle stop) {
         auto o = gen_options(max_tokens, temperature, top_k, top_p, min_p, seed, stop);
@@ -930,7 +953,7 @@ PYBIND11_MODULE(_hxq, mod) {
         std::string text = g.run();
         return py::str(PyUnicode_DecodeUTF8(text.data(), py::ssize_t(text.size()), "replace"));
       }, py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("stop") = py::none())
+           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("stop") = py::none(), kGenerateDoc)
       .def("complete", [](std::shared_ptr<PyModel> m, py::handle prompt, int64_t max_tokens, float temperature, int top_k,
                           float top_p, float min_p, uint64_t seed, py::handle stop) {
         auto o = gen_options(max_tokens, temperature, top_k, top_p, min_p, seed, stop);
@@ -944,13 +967,13 @@ PYBIND11_MODULE(_hxq, mod) {
         d["finish_reason"] = g.finish_reason();
         return d;
       }, py::arg("prompt"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("stop") = py::none())
+           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("stop") = py::none(), kCompleteDoc)
       .def("perplexity", &py_perplexity, py::arg("text") = py::none(), py::kw_only(), py::arg("ids") = py::none(),
-           py::arg("ctx") = 0, py::arg("stride") = 512, py::arg("protocol") = "hf", py::arg("max_tokens") = 0,
-           py::arg("stepwise") = false, py::arg("progress") = py::none())
+           py::arg("ctx") = py::none(), py::arg("stride") = 512, py::arg("protocol") = "hf", py::arg("max_tokens") = 0,
+           py::arg("stepwise") = false, py::arg("progress") = py::none(), kPerplexityDoc)
       .def("kl", &py_kl, py::arg("other"), py::arg("text") = py::none(), py::kw_only(), py::arg("ids") = py::none(),
-           py::arg("ctx") = 0, py::arg("stride") = 512, py::arg("protocol") = "hf", py::arg("max_tokens") = 0,
-           py::arg("stepwise") = false, py::arg("progress") = py::none())
+           py::arg("ctx") = py::none(), py::arg("stride") = 512, py::arg("protocol") = "hf", py::arg("max_tokens") = 0,
+           py::arg("stepwise") = false, py::arg("progress") = py::none(), kKlDoc)
       .def("__repr__", [](const PyModel& m) {
         auto s = m.model->summary();
         return fmt::format("<hxq.Model {} ({}, {} layers, {} HXQ modules{})>", m.path, s.arch, s.layers, s.hxq_modules,
@@ -977,7 +1000,11 @@ PYBIND11_MODULE(_hxq, mod) {
     return to_py(j);
   }, py::arg("path"));
 
-  py::class_<CompressedLinear, std::shared_ptr<CompressedLinear>>(mod, "CompressedLinear")
+  py::class_<CompressedLinear, std::shared_ptr<CompressedLinear>>(
+      mod, "CompressedLinear",
+      "One compressed linear layer over numpy arrays of its stored tensors (viewed, not copied, where the "
+      "engine keeps views: keep them unchanged while it lives); hxq.torch.HxqLinear is built on it. "
+      "exact: exact float32 codebook math in the decode kernels.")
       .def(py::init<const py::dict&, int64_t, int64_t, bool>(), py::arg("tensors"), py::arg("out_features"),
            py::arg("in_features"), py::arg("exact") = true)
       .def_property_readonly("in_features", &CompressedLinear::in_features)
@@ -986,11 +1013,16 @@ PYBIND11_MODULE(_hxq, mod) {
       .def_property_readonly("bits", &CompressedLinear::bits)
       .def_property_readonly("nbytes", &CompressedLinear::nbytes)
       .def_property_readonly("has_bias", &CompressedLinear::has_bias)
-      .def("forward", &CompressedLinear::forward, py::arg("x"), py::arg("out"))
-      .def("grad_input", &CompressedLinear::grad_input, py::arg("grad_output"), py::arg("grad_input"))
-      .def("decode", &CompressedLinear::decode);
+      .def("forward", &CompressedLinear::forward, py::arg("x"), py::arg("out"),
+           "out[T, out_features] = x[T, in_features] · Wᵀ (+ bias); float32 C-contiguous arrays.")
+      .def("grad_input", &CompressedLinear::grad_input, py::arg("grad_output"), py::arg("grad_input"),
+           "grad_input[T, in_features] = grad_output[T, out_features] · W, from the stored form.")
+      .def("decode", &CompressedLinear::decode, "The decoded weight [out_features, in_features] (a dense copy).");
 
-  py::class_<PyCheckpoint, std::shared_ptr<PyCheckpoint>>(mod, "Checkpoint")
+  py::class_<PyCheckpoint, std::shared_ptr<PyCheckpoint>>(
+      mod, "Checkpoint",
+      "The tensors of a checkpoint directory (sharded or not) or of one .safetensors file, memory-mapped and "
+      "validated; tensor(name) copies one into numpy (BF16 widened to float32).")
       .def(py::init<const std::string&>(), py::arg("path"))
       .def_readonly("path", &PyCheckpoint::path)
       .def("names", [](const PyCheckpoint& c) { return c.store.names(); })
@@ -1008,7 +1040,9 @@ PYBIND11_MODULE(_hxq, mod) {
       .def_property_readonly("compressed_modules", [](const PyCheckpoint& c) {
         return c.q ? c.q->compressed_modules : std::vector<std::string>{};
       })
-      .def("module", &PyCheckpoint::module, py::arg("name"));
+      .def("module", &PyCheckpoint::module, py::arg("name"),
+           "The stored tensors of a compressed module by suffix (codebook, indices, sidecar_*, qparams, "
+           "packed_indices, scales, scale_params; a shared v2 codebook copied in as codebook; bias).");
 
   mod.def("save_safetensors", &save_safetensors, py::arg("path"), py::arg("tensors"), py::arg("metadata") = py::none());
 }

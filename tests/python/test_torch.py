@@ -99,6 +99,17 @@ def test_hxq_linear_shapes_dtypes_and_state_dict(ckpts):
         other.codebook.mul_(2.0)  # in place: the engine must see it
     assert torch.allclose(other(x), 2 * y, rtol=1e-5, atol=1e-5)
     assert "format=v2" in repr(layer) and "bits=8" in repr(layer)
+    import copy
+    import io
+    twin = copy.deepcopy(layer)
+    assert torch.equal(twin(x), y)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf)(x), y)
+    half = copy.deepcopy(layer).to(torch.bfloat16)  # the stored tensors keep their dtypes
+    assert half.codebook.dtype == torch.float32 and half.packed_indices.dtype == torch.uint8
+    assert torch.equal(half(x), y)
 
 
 def _alice_batch(tok, n_seq=4, T=64):
