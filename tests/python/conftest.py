@@ -51,6 +51,12 @@ def cli_logits(model, ids, tmp_path, *extra):
     return np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
 
 
+@pytest.fixture(autouse=True)
+def _test_data():
+    """Every test here runs on the models of ../shared: skipped, with the path, when it is absent."""
+    need(STORIES)
+
+
 @pytest.fixture(scope="session")
 def ckpts(tmp_path_factory):
     """Compressed copies of the small models, made once: stories260K (v2 8-bit, v2 4-bit, helix),
