@@ -4,6 +4,7 @@
 // --merge-lora` against compressing a checkpoint merged by this test; one-line errors; the CLI.
 // Also the library calls moved out of the CLI with it (inspect_checkpoint, eos_ids_from_config).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -22,6 +23,7 @@
 #include "core/error.h"
 #include "core/mmap.h"
 #include "core/op_profile.h"
+#include "core/output.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
@@ -772,6 +774,19 @@ TEST(LoraLibrary, InspectCheckpointAndEosIds) {
   EXPECT_EQ(eos_ids_from_config(json{{"eos_token_id", {5, "x", 6}}}, 7), (std::vector<int32_t>{5, 6}));
   EXPECT_EQ(eos_ids_from_config(json{{"eos_token_id", nullptr}}, 7), std::vector<int32_t>{7});
   EXPECT_EQ(eos_ids_from_config(json::object(), std::nullopt), std::vector<int32_t>{});
+  // eos_token_ids: config.json's, then generation_config.json's (no repeats), else the tokenizer's
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("hxq-eos-{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  write_file_checked((dir / "config.json").string(), R"({"eos_token_id": 2})");
+  EXPECT_EQ(eos_token_ids(dir.string(), 9), std::vector<int32_t>{2});
+  write_file_checked((dir / "generation_config.json").string(), R"({"eos_token_id": [7, 2]})");
+  EXPECT_EQ(eos_token_ids(dir.string(), 9), (std::vector<int32_t>{2, 7}));
+  write_file_checked((dir / "config.json").string(), R"({"model_type": "llama"})");
+  write_file_checked((dir / "generation_config.json").string(), R"({"do_sample": true})");
+  EXPECT_EQ(eos_token_ids(dir.string(), 9), std::vector<int32_t>{9});
+  write_file_checked((dir / "generation_config.json").string(), R"({"eos_token_id": )");
+  EXPECT_THROW(eos_token_ids(dir.string(), 9), Error);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

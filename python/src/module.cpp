@@ -251,7 +251,7 @@ std::shared_ptr<PyModel> load(const std::string& path, std::optional<int> thread
     } catch (const Error& e) {
       m->tok_error = e.what();
     }
-    m->eos = eos_ids_from_config(load_config(path), m->tok ? m->tok->eos_id() : std::nullopt);
+    m->eos = eos_token_ids(path, m->tok ? m->tok->eos_id() : std::nullopt);
   }
   return m;
 }

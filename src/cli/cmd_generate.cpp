@@ -50,7 +50,7 @@ void add_generate(CLI::App& app) {
     auto body = tok.encode(o->prompt, false);
     prompt.insert(prompt.end(), body.begin(), body.end());
     if (prompt.empty()) usage_fail("generate: empty prompt and the tokenizer has no BOS token");
-    auto eos = eos_ids_from_config(load_config(o->model), tok.eos_id());
+    auto eos = eos_token_ids(o->model, tok.eos_id());
     auto st = model->new_state();
     StreamDecoder stream(tok);
     if (!o->json) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 
 #include "core/error.h"
 
@@ -46,6 +47,17 @@ GenerateResult generate(const Model& model, ModelState& state, std::span<const i
   }
   r.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   return r;
+}
+
+std::vector<int32_t> eos_token_ids(const std::string& dir, std::optional<int32_t> tokenizer_eos) {
+  std::vector<int32_t> ids = eos_ids_from_config(load_config(dir), std::nullopt);
+  const auto gen = std::filesystem::path(dir) / "generation_config.json";
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(gen, ec))
+    for (int32_t id : eos_ids_from_config(parse_json_file(gen.string()), std::nullopt))
+      if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  if (ids.empty() && tokenizer_eos) ids.push_back(*tokenizer_eos);
+  return ids;
 }
 
 }  // namespace hxq

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/output.h"
 #include "io/json.h"
+#include "models/generate.h"
 #include "models/model.h"
 #include "server/api.h"
 #include "server/chat_template.h"
@@ -34,29 +35,6 @@ struct Loaded {
   int64_t ctx = 0, vocab = 0;
   std::time_t created = 0;
 };
-
-// EOS ids: config.json's and generation_config.json's eos_token_id (int or list), else the
-// tokenizer's. Chat models often list their end-of-turn token only in generation_config.json.
-std::vector<int32_t> eos_ids(const std::string& dir, const json& cfg, const Tokenizer& tok) {
-  std::vector<int32_t> ids;
-  auto add = [&](const json& j) {
-    if (!j.contains("eos_token_id")) return;
-    const auto& e = j["eos_token_id"];
-    auto one = [&](const json& x) {
-      if (x.is_number_integer() && std::find(ids.begin(), ids.end(), x.get<int32_t>()) == ids.end())
-        ids.push_back(x.get<int32_t>());
-    };
-    if (e.is_array())
-      for (auto& x : e) one(x);
-    else one(e);
-  };
-  add(cfg);
-  const auto gen = std::filesystem::path(dir) / "generation_config.json";
-  if (std::filesystem::exists(gen)) add(parse_json_file(gen.string()));
-  if (ids.empty())
-    if (auto e = tok.eos_id()) ids.push_back(*e);
-  return ids;
-}
 
 bool constant_time_equal(const std::string& a, const std::string& b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
@@ -140,7 +118,7 @@ void Server::load() {
   so.queue = opt_.queue;
   so.prefill_chunk = opt_.prefill_chunk;
   so.state_cache_bytes = size_t(std::max<int64_t>(0, opt_.state_cache_mb)) << 20;
-  L->sched = std::make_unique<Scheduler>(*L->model, *L->tok, eos_ids(dir, cfg, *L->tok), so, metrics_);
+  L->sched = std::make_unique<Scheduler>(*L->model, *L->tok, eos_token_ids(dir, L->tok->eos_id()), so, metrics_);
   owned_ = std::move(L);
   ready_ = owned_.get();
 }
