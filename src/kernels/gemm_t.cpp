@@ -28,6 +28,7 @@
 
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "kernels/byte_table_avx512.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dispatch.h"
 
@@ -38,6 +39,11 @@
 namespace hxq {
 
 namespace {
+
+using detail::byte_table_lookup;
+using detail::CodebookBytePlanes;
+using detail::interleave_byte_planes;
+using detail::load_byte_planes;
 
 // Rows of W per block (both regimes; see above). Fixed, so that the summation order of an output
 // depends on N alone.
@@ -169,20 +175,14 @@ HXQ_AVX2 void half_row_avx2(const uint16_t* src, int64_t n, bool bf16, float* ou
   }
 }
 
-// Helix rows on AVX-512 VBMI: the 256-entry codebook as four byte planes in 16 registers, 64
-// indices looked up per plane by two byte permutes (entries 0..127, then 128..255 for the
-// indices with bit 7 set), the planes interleaved into floats by unpacks. The unpacks work per
-// 128-bit lane, so the indices are first permuted such that the four result vectors hold
-// columns 0..15, 16..31, 32..47, 48..63 in order: position 16L + 4q + i takes column 16q + 4L + i.
+// Helix rows on AVX-512 VBMI: the codebook's byte planes in 16 registers, 64 indices looked up
+// per plane and interleaved into floats (byte_table_avx512.h). The interleave works per 128-bit
+// lane, so the indices are first permuted such that the four result vectors hold columns 0..15,
+// 16..31, 32..47, 48..63 in order: position 16L + 4q + i takes column 16q + 4L + i.
 struct HelixPlanes {
-  alignas(64) uint8_t p[4][256];
+  CodebookBytePlanes planes;
   alignas(64) uint8_t perm[64];
-  explicit HelixPlanes(const float* cb) {
-    for (int e = 0; e < 256; ++e) {
-      uint32_t u;
-      std::memcpy(&u, cb + e, 4);
-      for (int b = 0; b < 4; ++b) p[b][e] = uint8_t(u >> (8 * b));
-    }
+  explicit HelixPlanes(const float* cb) : planes(cb) {
     for (int L = 0; L < 4; ++L)
       for (int q = 0; q < 4; ++q)
         for (int i = 0; i < 4; ++i) perm[16 * L + 4 * q + i] = uint8_t(16 * q + 4 * L + i);
@@ -193,30 +193,14 @@ struct HelixPlanes {
 // 48..63); t = the planes in registers, perm = HelixPlanes::perm.
 HXQ_AVX512_VBMI inline void planes_lookup64(const __m512i (&t)[4][4], __m512i perm, __m512i raw, __m512 (&v)[4]) {
   const __m512i x = _mm512_maskz_permutexvar_epi8(~__mmask64(0), perm, raw);  // (maskz: GCC 12 warns on the plain form)
-  const __mmask64 hi = _mm512_movepi8_mask(x);
   __m512i P[4];
-  for (int b = 0; b < 4; ++b) {
-    // Lanes without bit 7 take entries 0..127; the others keep their index for the second,
-    // merge-masked permute over entries 128..255.
-    const __m512i lo = _mm512_mask2_permutex2var_epi8(t[b][0], x, __mmask64(~hi), t[b][1]);
-    P[b] = _mm512_mask2_permutex2var_epi8(t[b][2], lo, hi, t[b][3]);
-  }
-  const __m512i a = _mm512_unpacklo_epi8(P[0], P[1]), c = _mm512_unpackhi_epi8(P[0], P[1]);
-  const __m512i d = _mm512_unpacklo_epi8(P[2], P[3]), e = _mm512_unpackhi_epi8(P[2], P[3]);
-  v[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(a, d));
-  v[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(a, d));
-  v[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(c, e));
-  v[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(c, e));
-}
-
-HXQ_AVX512_VBMI inline void load_planes(const HelixPlanes& hp, __m512i (&t)[4][4]) {
-  for (int b = 0; b < 4; ++b)
-    for (int q = 0; q < 4; ++q) t[b][q] = _mm512_load_si512(hp.p[b] + 64 * q);
+  for (int b = 0; b < 4; ++b) P[b] = byte_table_lookup(t[b], x);
+  interleave_byte_planes(P, v);
 }
 
 HXQ_AVX512_VBMI void helix_row_avx512(const HelixPlanes& hp, const uint8_t* idx, int64_t n, float* out) {
   __m512i t[4][4];
-  load_planes(hp, t);
+  load_byte_planes(hp.planes, t);
   const __m512i perm = _mm512_load_si512(hp.perm);
   for (int64_t i = 0; i < n; i += 64) {
     const int64_t m = std::min<int64_t>(64, n - i);
@@ -253,7 +237,7 @@ HXQ_AVX512_VBMI void v2_row_avx512(const Hxq2View& w, const V2Tables& tb, int64_
 #define HXQ_SCALE(c) _mm512_set1_ps(lut[codes[(c) >> gshift] & 63])
   if (bits == 8) {
     __m512i t[4][4];
-    load_planes(tb.planes, t);
+    load_byte_planes(tb.planes.planes, t);
     const __m512i perm = _mm512_load_si512(tb.planes.perm);
     for (int64_t i = 0; i < full; i += 64) {
       const bool two = i + 64 <= full;  // else one chunk of 32

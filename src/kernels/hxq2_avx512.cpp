@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "kernels/byte_table_avx512.h"
 #include "kernels/hxq2_gemm.h"
 #include "kernels/row_chunks.h"
 
@@ -123,9 +124,7 @@ inline __m512i index_bytes(const uint8_t* prow, int64_t c0, int64_t K) {
 template <int B>
 inline __m512i lookup(const __m512i* t, __m512i idx) {
   if constexpr (B == 8) {
-    const __mmask64 top = _mm512_movepi8_mask(idx);
-    const __m512i a = _mm512_mask2_permutex2var_epi8(t[0], idx, __mmask64(~top), t[1]);
-    return _mm512_mask2_permutex2var_epi8(t[2], a, top, t[3]);
+    return byte_table_lookup(t, idx);
   } else {
     return _mm512_permutexvar_epi8(idx, t[0]);
   }

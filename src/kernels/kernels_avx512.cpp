@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/byte_table_avx512.h"
 #include "kernels/dispatch.h"
 
 namespace hxq::detail {
@@ -97,21 +98,12 @@ struct LoadBF16 {
 };
 
 // HXQ: 64 indices are looked up in four byte planes of the codebook (plane p holds byte p of
-// every entry; two VPERMI2B cover 128 entries, a blend on bit 7 picks the half), then the planes
-// are interleaved into 4 vectors of exact float32 codebook values. Lane order: vector j,
-// 128-bit lane L, dword i holds weight 16L + 4j + i (decode_prep_x permutes X the same way).
+// every entry; byte_table_avx512.h), then the planes are interleaved into 4 vectors of exact
+// float32 codebook values. Lane order: vector j, 128-bit lane L, dword i holds weight
+// 16L + 4j + i (decode_prep_x permutes X the same way).
 struct HxqTables {
   __m512i t[4][4];
-  explicit HxqTables(const float* cb) {
-    alignas(64) uint8_t planes[4][256];
-    for (int e = 0; e < 256; ++e) {
-      uint32_t u;
-      std::memcpy(&u, cb + e, 4);
-      for (int p = 0; p < 4; ++p) planes[p][e] = uint8_t(u >> (8 * p));
-    }
-    for (int p = 0; p < 4; ++p)
-      for (int q = 0; q < 4; ++q) t[p][q] = _mm512_load_si512(planes[p] + 64 * q);
-  }
+  explicit HxqTables(const float* cb) { load_byte_planes(CodebookBytePlanes(cb), t); }
 };
 
 struct LoadHxq {
@@ -120,20 +112,9 @@ struct LoadHxq {
   int64_t stride;
   const HxqTables* tb;
   void expand(__m512i idx, __m512* v) const {
-    // Lanes with bit 7 clear look up entries 0..127 and the others keep their index, which the
-    // second (merge-masked) permute then looks up in entries 128..255: no blend needed.
-    const __mmask64 hi = _mm512_movepi8_mask(idx);
     __m512i P[4];
-    for (int p = 0; p < 4; ++p) {
-      const __m512i lo = _mm512_mask2_permutex2var_epi8(tb->t[p][0], idx, __mmask64(~hi), tb->t[p][1]);
-      P[p] = _mm512_mask2_permutex2var_epi8(tb->t[p][2], lo, hi, tb->t[p][3]);
-    }
-    const __m512i a = _mm512_unpacklo_epi8(P[0], P[1]), b = _mm512_unpackhi_epi8(P[0], P[1]);
-    const __m512i c = _mm512_unpacklo_epi8(P[2], P[3]), d = _mm512_unpackhi_epi8(P[2], P[3]);
-    v[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(a, c));
-    v[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(a, c));
-    v[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(b, d));
-    v[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(b, d));
+    for (int p = 0; p < 4; ++p) P[p] = byte_table_lookup(tb->t[p], idx);
+    interleave_byte_planes(P, v);
   }
   void prefetch(int64_t k) const { _mm_prefetch(reinterpret_cast<const char*>(w + k), _MM_HINT_T1); }
   void full(int64_t k, __m512* v) const { expand(_mm512_loadu_si512(w + k), v); }
@@ -166,12 +147,8 @@ struct LoadHxqBf16 {
   int64_t stride;
   const HxqTablesBf16* tb;
   void expand(__m512i idx, __m512* v) const {
-    const __mmask64 hi = _mm512_movepi8_mask(idx);
     __m512i P[2];
-    for (int p = 0; p < 2; ++p) {
-      const __m512i lo = _mm512_mask2_permutex2var_epi8(tb->t[p][0], idx, __mmask64(~hi), tb->t[p][1]);
-      P[p] = _mm512_mask2_permutex2var_epi8(tb->t[p][2], lo, hi, tb->t[p][3]);
-    }
+    for (int p = 0; p < 2; ++p) P[p] = byte_table_lookup(tb->t[p], idx);
     const __m512i z = _mm512_setzero_si512();
     const __m512i c = _mm512_unpacklo_epi8(P[0], P[1]), d = _mm512_unpackhi_epi8(P[0], P[1]);
     v[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, c));
@@ -423,11 +400,7 @@ inline void fast_tile(const uint8_t* w, int64_t K, const QuantX& q, const HxqFas
         _mm_prefetch(reinterpret_cast<const char*>(wr + kAhead * K), _MM_HINT_T1);
         // Past K: index 0 against the zero padding of q.
         const __m512i idx = rem >= 64 ? _mm512_loadu_si512(wr) : _mm512_maskz_loadu_epi8(__mmask64((uint64_t(1) << rem) - 1), wr);
-        const __mmask64 top = _mm512_movepi8_mask(idx);
-        const __m512i l0 = _mm512_mask2_permutex2var_epi8(tb.lo[0], idx, __mmask64(~top), tb.lo[1]);
-        const __m512i ul = _mm512_mask2_permutex2var_epi8(tb.lo[2], l0, top, tb.lo[3]);
-        const __m512i h0 = _mm512_mask2_permutex2var_epi8(tb.hi[0], idx, __mmask64(~top), tb.hi[1]);
-        const __m512i uh = _mm512_mask2_permutex2var_epi8(tb.hi[2], h0, top, tb.hi[3]);
+        const __m512i ul = byte_table_lookup(tb.lo, idx), uh = byte_table_lookup(tb.hi, idx);
         for (int t = 0; t < TT; ++t) {
           const __m512i xh = _mm512_load_si512(q.hi + t * q.kp + k), xl = _mm512_load_si512(q.lo + t * q.kp + k);
           hh[r][t] = _mm512_dpbusd_epi32(hh[r][t], uh, xh);
