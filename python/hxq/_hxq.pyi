@@ -8,6 +8,8 @@ TokenIds = Union[Sequence[int], npt.NDArray[np.integer]]
 Prompt = Union[str, TokenIds]
 EvalProgress = Callable[[int, int, int, float], None]  # (windows_done, windows_total, tokens_scored, running_ppl)
 
+MODULE_TENSORS: Tuple[str, ...]  # the stored tensors of a compressed module, by suffix
+
 class Error(RuntimeError):
     """An engine error: one line naming the file or field and the problem."""
 

@@ -31,8 +31,7 @@ from . import _hxq
 __all__ = ["HxqLinear", "LoraLinear", "replace_linear", "add_lora", "save_lora", "load_lora", "lora_state_dict"]
 
 # The stored tensors of a compressed module (docs/FORMAT.md), by suffix.
-_STORED = ("codebook", "indices", "sidecar_positions", "sidecar_values", "qparams", "packed_indices", "scales",
-           "scale_params")
+_STORED = _hxq.MODULE_TENSORS
 
 
 class _HxqLinearFunction(torch.autograd.Function):

@@ -487,11 +487,7 @@ GenOptions gen_options(int64_t max_tokens, float temperature, int top_k, float t
     for (auto& s : o.stop)
       if (s.empty()) value_error("stop: empty stop string");
   }
-  try {
-    Sampler check(o.s);  // validates ranges as the CLI does (UsageError -> hxq.UsageError)
-  } catch (const UsageError& e) {
-    value_error(e.what());
-  }
+  Sampler check(o.s);  // validates the ranges as the CLI does (UsageError: hxq.UsageError)
   return o;
 }
 
@@ -501,15 +497,17 @@ struct EvalArgs {
   std::vector<int32_t> ids;
   std::vector<EvalWindow> windows;
   std::optional<int32_t> bos;
-  std::string protocol;
 };
 
-EvalArgs eval_args(const PyModel& m, py::handle text, py::handle ids, int64_t ctx, int64_t stride,
+// The tokens and windows of perplexity() / kl(): ctx None = the protocol's default.
+EvalArgs eval_args(const PyModel& m, py::handle text, py::handle ids, std::optional<int64_t> ctx_opt, int64_t stride,
                    const std::string& protocol, int64_t max_tokens) {
   if (text.is_none() == ids.is_none()) value_error("give exactly one of text and ids");
   if (max_tokens < 0) value_error(fmt::format("max_tokens: {} is negative", max_tokens));
+  if (ctx_opt && *ctx_opt < 2) value_error(fmt::format("ctx: {} must be at least 2", *ctx_opt));
+  const int64_t ctx = ctx_opt.value_or(0);
+  check_window_options(protocol, ctx, stride);  // before tokenizing
   EvalArgs a;
-  a.protocol = protocol;
   std::string src = "ids";
   if (!text.is_none()) {
     if (!py::isinstance<py::str>(text)) type_error("text: expected a string (or pass ids=...)");
@@ -524,11 +522,7 @@ EvalArgs eval_args(const PyModel& m, py::handle text, py::handle ids, int64_t ct
   if (max_tokens > 0 && int64_t(a.ids.size()) > max_tokens) a.ids.resize(size_t(max_tokens));
   check_vocab(a.ids, m.vocab(), src.c_str());
   if (protocol == "llamacpp" && m.tok && m.tok->add_bos_by_default()) a.bos = m.tok->bos_id();
-  try {
-    a.windows = plan_windows(int64_t(a.ids.size()), protocol, ctx, stride, a.bos, src);
-  } catch (const UsageError& e) {
-    value_error(e.what());
-  }
+  a.windows = plan_windows(int64_t(a.ids.size()), protocol, ctx, stride, a.bos, src);
   return a;
 }
 
@@ -545,8 +539,7 @@ EvalProgress eval_progress(py::handle cb) {
 
 py::dict py_perplexity(PyModel& m, py::handle text, py::handle ids, std::optional<int64_t> ctx, int64_t stride,
                     const std::string& protocol, int64_t max_tokens, bool stepwise, py::handle progress) {
-  if (ctx && *ctx < 2) value_error(fmt::format("ctx: {} must be at least 2", *ctx));
-  auto a = eval_args(m, text, ids, ctx.value_or(0), stride, protocol, max_tokens);
+  auto a = eval_args(m, text, ids, ctx, stride, protocol, max_tokens);
   EvalOptions eo;
   eo.stepwise = stepwise;
   eo.math = m.math();
@@ -574,8 +567,7 @@ py::dict py_perplexity(PyModel& m, py::handle text, py::handle ids, std::optiona
 
 py::dict py_kl(PyModel& m, PyModel& other, py::handle text, py::handle ids, std::optional<int64_t> ctx, int64_t stride,
             const std::string& protocol, int64_t max_tokens, bool stepwise, py::handle progress) {
-  if (ctx && *ctx < 2) value_error(fmt::format("ctx: {} must be at least 2", *ctx));
-  auto a = eval_args(m, text, ids, ctx.value_or(0), stride, protocol, max_tokens);
+  auto a = eval_args(m, text, ids, ctx, stride, protocol, max_tokens);
   if (other.vocab() != m.vocab())
     value_error(fmt::format("other: vocabulary of {} tokens, the base model has {}", other.vocab(), m.vocab()));
   EvalOptions eo;
@@ -759,9 +751,9 @@ struct PyCheckpoint {
   py::dict module(const std::string& m) const {
     if (!is_hxq_module(store, m)) value_error(fmt::format("{}: '{}' is not a compressed module", path, m));
     py::dict d;
-    for (const char* suf : {"codebook", "indices", "sidecar_positions", "sidecar_values", "qparams", "packed_indices",
-                            "scales", "scale_params", "bias"})
-      if (const TensorInfo* t = store.find(m + "." + suf)) d[suf] = tensor_to_numpy(*t);
+    for (const std::string& suf : hxq_tensor_suffixes())
+      if (const TensorInfo* t = store.find(m + suf)) d[py::str(suf.substr(1))] = tensor_to_numpy(*t);
+    if (const TensorInfo* t = store.find(m + ".bias")) d["bias"] = tensor_to_numpy(*t);
     if (is_hxq2_module(store, m) && !d.contains("codebook")) {
       auto w = Hxq2Weight::load(store, m);
       d["codebook"] = tensor_to_numpy(store.get(hxq2_shared_codebook_name(w->bits())));
@@ -848,6 +840,9 @@ PYBIND11_MODULE(_hxq, mod) {
   }, py::arg("n"), "Sizes the engine's process-wide thread pool (0 = all cores).");
   mod.def("get_num_threads", [] { return pool().size(); }, "Threads of the engine's pool.");
   mod.def("supported_model_types", &supported_model_types);
+  py::tuple suffixes(hxq_tensor_suffixes().size());
+  for (size_t i = 0; i < hxq_tensor_suffixes().size(); ++i) suffixes[i] = hxq_tensor_suffixes()[i].substr(1);
+  mod.attr("MODULE_TENSORS") = suffixes;  // the stored tensors of a compressed module, by suffix
 
   py::class_<Tokenizer>(mod, "Tokenizer", "Text <-> token ids, bit-exact with Hugging Face tokenizers / SentencePiece.")
       .def_static("load", [](const std::string& path) {

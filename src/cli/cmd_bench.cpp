@@ -134,9 +134,7 @@ void add_bench(CLI::App& app) {
       return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    LoadOptions lo;
-    lo.lora = o->lora;
-    auto model = load_model(o->model, lo);
+    auto model = load_model(o->model, {.lora = o->lora});
     const double load_s = seconds_since(t0);
     o->b.membw_bytes = membw_bytes;
     BenchResult r = run_bench(*model, o->model, o->b);

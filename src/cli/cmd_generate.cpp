@@ -41,9 +41,7 @@ void add_generate(CLI::App& app) {
     apply_threads(o->threads);
     apply_exact(o->exact);
     auto tok = Tokenizer::load(o->model);
-    LoadOptions lo;
-    lo.lora = o->lora;
-    auto model = load_model(o->model, lo);
+    auto model = load_model(o->model, {.lora = o->lora});
     std::vector<int32_t> prompt;
     if (tok.add_bos_by_default() || o->prompt.empty())
       if (auto b = tok.bos_id()) prompt.push_back(*b);

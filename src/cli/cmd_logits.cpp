@@ -37,9 +37,7 @@ void add_logits(CLI::App& app) {
     apply_exact(o->exact);
     auto ids = read_ids_file(o->ids_file);
     if (ids.empty()) fail("{}: no token ids", o->ids_file);
-    LoadOptions lo;
-    lo.lora = o->lora;
-    auto model = load_model(o->model, lo);
+    auto model = load_model(o->model, {.lora = o->lora});
     const int64_t V = model->vocab_size();
     for (size_t i = 0; i < ids.size(); ++i)
       if (ids[i] < 0 || ids[i] >= V) fail("{}: token id {} at position {} outside [0, {})", o->ids_file, ids[i], i, V);

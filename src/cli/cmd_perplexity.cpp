@@ -45,12 +45,6 @@ void add_eval_options(CLI::App* sub, EvalOpts& o) {
   add_exact_option(sub, o.exact);
 }
 
-LoadOptions load_options(const std::string& lora) {
-  LoadOptions lo;
-  lo.lora = lora;
-  return lo;
-}
-
 EvalOptions eval_options(const EvalOpts& o) {
   EvalOptions e;
   e.stepwise = o.stepwise;
@@ -66,9 +60,7 @@ struct Prepared {
 
 Prepared prepare(const EvalOpts& o, const std::string& tokenizer_dir) {
   if (o.file.empty() == o.ids_file.empty()) usage_fail("give exactly one of -f FILE and --ids-file FILE");
-  if (o.protocol == "llamacpp" && o.stride != 512) usage_fail("--stride applies to the hf protocol only");
-  if (o.protocol == "hf" && o.stride > (o.ctx > 0 ? o.ctx : 2048))
-    usage_fail("--stride {} is larger than --ctx {}", o.stride, o.ctx > 0 ? o.ctx : 2048);
+  check_window_options(o.protocol, o.ctx, o.stride);  // before tokenizing
   Prepared p;
   auto tok = Tokenizer::load(tokenizer_dir);
   if (!o.file.empty()) {
@@ -101,7 +93,7 @@ void add_perplexity(CLI::App& app) {
     apply_threads(o->threads);
     apply_exact(o->exact);
     auto p = prepare(*o, o->model);
-    auto model = load_model(o->model, load_options(o->lora));
+    auto model = load_model(o->model, {.lora = o->lora});
     int64_t total = 0;
     for (auto& w : p.windows) total += w.count();
     ProgressOptions po;
@@ -142,8 +134,8 @@ void add_kl(CLI::App& app) {
     apply_threads(o->threads);
     apply_exact(o->exact);
     auto p = prepare(*o, o->model);
-    auto base = load_model(o->model, load_options(o->lora));
-    auto oth = load_model(*other, load_options(*other_lora));
+    auto base = load_model(o->model, {.lora = o->lora});
+    auto oth = load_model(*other, {.lora = *other_lora});
     int64_t total = 0;
     for (auto& w : p.windows) total += w.count();
     ProgressOptions po;

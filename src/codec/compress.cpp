@@ -97,13 +97,6 @@ MergeMap plan_merge(const LoraAdapter& a, const TensorStore& store, const std::s
 // smaller tensors share one codebook per bit width, fitted on all of them together.
 bool v2_own_codebook(int64_t numel, int bits) { return numel >= (int64_t(1024) << bits); }
 
-// The tensor suffixes of a compressed module in either format.
-const std::vector<std::string>& module_suffixes() {
-  static const std::vector<std::string> s{".codebook", ".indices", ".sidecar_positions", ".sidecar_values",
-                                          ".qparams", ".packed_indices", ".scales", ".scale_params"};
-  return s;
-}
-
 
 // Mixed precision without data (--bpw): every tensor is encoded at 4, 5, 6 and 8 bits; its cost at
 // b bits is its squared weight error SSE_b = Σ (w − ŵ)² — the energy of the error it adds to its
@@ -264,10 +257,8 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
   const std::string cfg_path = (fs::path(in_dir) / "config.json").string();
   std::optional<LoraAdapter> lora;
   if (!opt.merge_lora.empty()) lora = LoraAdapter::load(opt.merge_lora);
-  if (cfg.contains("quantization_config") && !lora)
-    fail("{}: already has a quantization_config (the checkpoint is compressed already)", cfg_path);
   auto store = TensorStore::open(in_dir);
-  // (A compressed source with an adapter: the adapter's modules name the problem first.)
+  // With an adapter, a compressed source is refused naming the adapter module it cannot merge.
   const MergeMap merge = lora ? plan_merge(*lora, store, in_dir) : MergeMap{};
   if (cfg.contains("quantization_config"))
     fail("{}: already has a quantization_config (the checkpoint is compressed already)", cfg_path);
@@ -370,7 +361,7 @@ CompressReceipt compress_checkpoint(const std::string& in_dir, const std::string
       if (merged) {  // a merged weight that stays dense: F32
         const auto v = weight_f32(t, merge);
         w.add(n, DType::F32, t.shape, v.data(), v.size() * sizeof(float));
-        rc.merged_lora_dense.push_back(n.substr(0, n.size() - 7));
+        rc.merged_lora_dense.push_back(merge.at(n)->name);
       } else {
         w.add(t);
       }
@@ -526,7 +517,7 @@ void decompress_checkpoint(const std::string& in_dir, const std::string& out_dir
   AtomicOutputDir out(out_dir, overwrite, {in_dir});
   std::set<std::string> module_tensors;
   for (auto& m : q->compressed_modules)
-    for (auto& suf : module_suffixes()) module_tensors.insert(m + suf);
+    for (auto& suf : hxq_tensor_suffixes()) module_tensors.insert(m + suf);
   for (int b : {4, 5, 6, 8}) module_tensors.insert(hxq2_shared_codebook_name(b));
   CheckpointWriter w(out.path(), 0);
   for (auto& n : store.names()) {

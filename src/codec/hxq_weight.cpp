@@ -25,6 +25,12 @@ std::vector<float> read_floats(const TensorInfo& t) {
 
 }  // namespace
 
+const std::vector<std::string>& hxq_tensor_suffixes() {
+  static const std::vector<std::string> s{".codebook", ".indices", ".sidecar_positions", ".sidecar_values",
+                                          ".qparams", ".packed_indices", ".scales", ".scale_params"};
+  return s;
+}
+
 bool is_hxq_module(const TensorStore& store, const std::string& module) {
   return (store.contains(module + ".codebook") && store.contains(module + ".indices")) ||
          store.contains(module + ".qparams");

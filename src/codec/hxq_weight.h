@@ -63,6 +63,11 @@ class HxqWeight {
   std::vector<float> sc_delta_, sc_value_;
 };
 
+// The suffixes of the tensors a compressed module M may store (M + suffix), helix and v2 alike:
+// ".codebook", ".indices", ".sidecar_positions", ".sidecar_values", ".qparams", ".packed_indices",
+// ".scales", ".scale_params" (not ".bias", which a dense module has too).
+const std::vector<std::string>& hxq_tensor_suffixes();
+
 // True when the store holds module M in HXQ form: M.codebook and M.indices, or v2's M.qparams
 // (codec/hxq2_weight.h; Linear::hxq reads either).
 bool is_hxq_module(const TensorStore& store, const std::string& module);

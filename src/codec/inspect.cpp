@@ -39,8 +39,7 @@ json inspect_checkpoint(const std::string& dir) {
         hxq_weights += w->rows() * w->cols();
         sidecar += w->sidecar_count();
       }
-      for (auto suf : {".codebook", ".indices", ".sidecar_positions", ".sidecar_values", ".qparams",
-                       ".packed_indices", ".scales", ".scale_params"})
+      for (auto& suf : hxq_tensor_suffixes())
         if (auto* t = store.find(m + suf)) {
           hxq_bytes += t->nbytes;
           hxq_tensors.insert(m + suf);

@@ -78,23 +78,25 @@ void finish(PerplexityResult& r, double sum_sq) {
 
 }  // namespace
 
+void check_window_options(const std::string& protocol, int64_t ctx, int64_t stride) {
+  if (protocol != "hf" && protocol != "llamacpp") usage_fail("unknown protocol \"{}\" (hf or llamacpp)", protocol);
+  if (ctx > 0 && ctx < 2) usage_fail("ctx {} must be at least 2", ctx);
+  if (stride < 1) usage_fail("stride {} must be at least 1", stride);
+  if (protocol == "llamacpp" && stride != 512) usage_fail("stride applies to the hf protocol only");
+  if (protocol == "hf" && stride > (ctx > 0 ? ctx : 2048))
+    usage_fail("stride {} is larger than ctx {}", stride, ctx > 0 ? ctx : 2048);
+}
+
 std::vector<EvalWindow> plan_windows(int64_t n, const std::string& protocol, int64_t ctx, int64_t stride,
                                      std::optional<int32_t> bos, const std::string& source) {
-  if (stride < 1) usage_fail("stride {} must be at least 1", stride);
+  check_window_options(protocol, ctx, stride);
   std::vector<EvalWindow> w;
   if (protocol == "hf") {
-    if (ctx <= 0) ctx = 2048;
-    if (ctx < 2) usage_fail("ctx {} must be at least 2", ctx);
-    if (stride > ctx) usage_fail("stride {} is larger than ctx {}", stride, ctx);
-    w = hf_windows(n, ctx, stride);
-  } else if (protocol == "llamacpp") {
-    if (stride != 512) usage_fail("stride applies to the hf protocol only");
+    w = hf_windows(n, ctx > 0 ? ctx : 2048, stride);
+  } else {
     if (ctx <= 0) ctx = 512;
-    if (ctx < 2) usage_fail("ctx {} must be at least 2", ctx);
     w = llamacpp_windows(n, ctx, bos.has_value());
     if (w.empty()) fail("{}: {} tokens is less than one chunk of {} tokens", source, n, ctx);
-  } else {
-    usage_fail("unknown protocol \"{}\" (hf or llamacpp)", protocol);
   }
   if (w.empty()) fail("{}: {} tokens: nothing to score", source, n);
   return w;

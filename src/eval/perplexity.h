@@ -27,11 +27,15 @@ std::vector<EvalWindow> hf_windows(int64_t n, int64_t ctx, int64_t stride);
 // (targets ctx/2+1 .. ctx-1 of the chunk), first token replaced by BOS when the model uses one.
 std::vector<EvalWindow> llamacpp_windows(int64_t n, int64_t ctx, bool bos);
 
+// The usage checks of plan_windows alone, before any tokenizing: protocol "hf" or "llamacpp",
+// ctx <= 0 (the default) or >= 2, stride >= 1 and <= ctx for hf, stride 512 (untouched) for
+// llamacpp. Throws UsageError.
+void check_window_options(const std::string& protocol, int64_t ctx, int64_t stride);
 // The windows of an evaluation of n tokens as `hxq perplexity` / `hxq kl` choose them: protocol
-// "hf" (ctx default 2048, windows every `stride` tokens; stride > ctx is a usage error) or
-// "llamacpp" (ctx default 512; BOS replaces each chunk's first token when `bos` is set; stride
-// must stay 512). ctx <= 0 means the protocol's default. Nothing to score (or less than one chunk)
-// fails naming `source`; an unknown protocol or bad stride throws UsageError.
+// "hf" (ctx default 2048, windows every `stride` tokens) or "llamacpp" (ctx default 512; BOS
+// replaces each chunk's first token when `bos` is set). ctx <= 0 means the protocol's default.
+// The options are checked as check_window_options does; nothing to score (or less than one
+// chunk) fails naming `source`.
 std::vector<EvalWindow> plan_windows(int64_t n, const std::string& protocol, int64_t ctx, int64_t stride,
                                      std::optional<int32_t> bos, const std::string& source);
 

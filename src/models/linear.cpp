@@ -124,9 +124,6 @@ void Linear::set_lora(std::shared_ptr<const LoraModule> lora) {
   lora_ = std::move(lora);
 }
 
-// Y += s·(X·Aᵀ)·Bᵀ, in chunks of rows so that the scratch stays small (rank + out floats per row
-// of a chunk). The scratch is per thread (Linear::forward may run on several threads at once) and
-// only grows: no allocation once warm.
 void Linear::grad_input(const float* G, int64_t T, float* dX) const {
   if (T <= 0) return;
   if (kind_ == Kind::Hxq2) {
@@ -160,6 +157,9 @@ void Linear::grad_input(const float* G, int64_t T, float* dX) const {
   }
 }
 
+// Y += s·(X·Aᵀ)·Bᵀ, in chunks of rows so that the scratch stays small (rank + out floats per row
+// of a chunk). The scratch is per thread (Linear::forward may run on several threads at once) and
+// only grows: no allocation once warm.
 void Linear::add_lora(const float* X, int64_t T, float* Y) const {
   const LoraModule& m = *lora_;
   constexpr int64_t kRows = 64;
