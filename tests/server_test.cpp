@@ -102,6 +102,35 @@ TEST(ServerApi, LogprobShapes) {
   EXPECT_EQ(l["tokens"], json::parse(R"(["a","é"])"));
 }
 
+// ---- scheduling policy ---------------------------------------------------------------------------
+
+TEST(ServerPolicy, FewestTokensLeftFirstUnlessPassedOverTooOften) {
+  // remaining, order, skipped
+  std::vector<PrefillCandidate> c = {{900, 0, 0}, {12, 2, 0}, {12, 1, 0}, {40, 3, 0}};
+  EXPECT_EQ(pick_prefill(c, 4), 2u);  // 12 tokens left, admitted before the other 12
+  c[0].skipped = 3;
+  EXPECT_EQ(pick_prefill(c, 4), 2u);
+  c[0].skipped = 4;                   // the long prompt has waited its turn: it goes now
+  EXPECT_EQ(pick_prefill(c, 4), 0u);
+  c[3].skipped = 9;                   // two overdue: the earlier admitted
+  EXPECT_EQ(pick_prefill(c, 4), 0u);
+  EXPECT_EQ(pick_prefill({{5, 7, 0}}, 1), 0u);
+}
+
+TEST(ServerPolicy, ChunkFitsTheBudgetOnlyWhileOthersRun) {
+  // Idle, or no speed measured yet: everything up to --prefill-chunk.
+  EXPECT_EQ(prefill_chunk_tokens(1000, 512, false, 250, 5.0), 512);
+  EXPECT_EQ(prefill_chunk_tokens(1000, 512, true, 250, 0.0), 512);
+  EXPECT_EQ(prefill_chunk_tokens(30, 512, false, 250, 5.0), 30);
+  // Busy: 250 ms at 5 ms/token = 50 tokens; never below kMinBusyChunk, never above what is left.
+  EXPECT_EQ(prefill_chunk_tokens(1000, 512, true, 250, 5.0), 50);
+  EXPECT_EQ(prefill_chunk_tokens(1000, 512, true, 250, 100.0), kMinBusyChunk);
+  EXPECT_EQ(prefill_chunk_tokens(7, 512, true, 250, 100.0), 7);
+  EXPECT_EQ(prefill_chunk_tokens(1000, 512, true, 250, 1e-9), 512);  // no overflow on a tiny estimate
+  EXPECT_EQ(prefill_chunk_tokens(1000, 8, true, 250, 5.0), 8);
+  EXPECT_EQ(prefill_chunk_tokens(1000, 512, true, 0, 5.0), 512);     // budget 0: no limit
+}
+
 // ---- scheduler against the real model ---------------------------------------------------------
 
 std::string stories_dir() { return hxq::test::data_path("models/stories260K-hf"); }
@@ -200,6 +229,38 @@ TEST(ServerScheduler, PrefixCacheServesTheSecondTurn) {
   EXPECT_EQ(dc.cached_tokens, 0);
   EXPECT_EQ(tw, tc);
   EXPECT_GE(metrics.prefix_hits.load(), 1u);
+}
+
+TEST(ServerScheduler, ShortPromptOvertakesALongOneBeingPrefilled) {
+  const std::string dir = mamba_dir();  // 400 tokens in chunks of 8: 50 steps
+  if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no test data";
+  auto model = load_model(dir);
+  auto tok = Tokenizer::load(dir);
+  Metrics metrics;
+  Scheduler::Options o;
+  o.parallel = 2;
+  o.prefill_chunk = 8;
+  Scheduler sched(*model, tok, {}, o, metrics);
+  std::vector<int32_t> long_prompt;
+  while (long_prompt.size() < 400) {
+    auto ids = tok.encode(" The quick brown fox jumps over the lazy dog, and the cat sleeps on.", false);
+    long_prompt.insert(long_prompt.end(), ids.begin(), ids.end());
+  }
+  long_prompt.resize(400);
+  const auto short_prompt = tok.encode("Hello there", false);
+  auto lr = make_request(long_prompt, 1, false), sr = make_request(short_prompt, 1, false);
+  sched.submit(lr);
+  while (sched.active_slots() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  sched.submit(sr);
+  auto [ts, ds] = drain(*sr);
+  ASSERT_EQ(ds.kind, Event::Kind::Done) << ds.error.message;
+  // The short prompt finished while the long one was still being prefilled (FIFO would have made it
+  // wait for all 50 chunks); both give what they would alone.
+  EXPECT_FALSE(lr->pop(std::chrono::milliseconds(0)).has_value());
+  auto [tl, dl] = drain(*lr);
+  ASSERT_EQ(dl.kind, Event::Kind::Done) << dl.error.message;
+  EXPECT_EQ(ts, tok.decode(greedy(*model, short_prompt, 1)));
+  EXPECT_EQ(tl, tok.decode(greedy(*model, long_prompt, 1)));
 }
 
 TEST(ServerScheduler, CancelAndQueueLimits) {

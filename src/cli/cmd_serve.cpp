@@ -23,8 +23,12 @@ void add_serve(CLI::App& app) {
   sub->add_option("--chat-template-file", s.chat_template_file, "Jinja chat template overriding the checkpoint's");
   sub->add_option("--parallel", s.parallel, "Slots decoded together (default 4)")->check(CLI::Range(1, 256));
   sub->add_option("--queue", s.queue, "Requests waiting for a slot before 429 (default 64)")->check(CLI::Range(0, 1 << 20));
-  sub->add_option("--prefill-chunk", s.prefill_chunk, "Prompt tokens per scheduler step (default 512)")
+  sub->add_option("--prefill-chunk", s.prefill_chunk, "Prompt tokens per scheduler step, at most (default 512)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  sub->add_option("--prefill-budget-ms", s.prefill_budget_ms,
+                  "While other requests run, size prompt chunks to take about this long at the measured prefill "
+                  "speed (default 250; 0 = always --prefill-chunk)")
+      ->check(CLI::Range(0.0, 1e6));
   sub->add_option("--state-cache-mb", s.state_cache_mb, "Memory for prefix states (default 2048; 0 = no reuse)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   sub->add_option("--ctx-size", s.ctx, "Context limit in tokens (default: max_position_embeddings, else 65536)")

@@ -33,7 +33,8 @@ struct Scheduler::Slot {
   std::vector<int32_t> consumed;      // the tokens `state` has consumed
   int64_t next_prompt = 0;            // index of the next prompt token to prefill
   int64_t cached = 0;                 // prompt tokens that came from the prefix cache
-  uint64_t order = 0;                 // admission order (prefill is FIFO)
+  uint64_t order = 0;                 // admission order
+  int skipped = 0;                    // prefill steps given to another prompt since admission
   int32_t pending = -1;               // sampled token to feed at the next decode step
   int64_t generated = 0;
   std::optional<Sampler> sampler;
@@ -48,12 +49,34 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 }
 }  // namespace
 
+size_t pick_prefill(const std::vector<PrefillCandidate>& c, int max_skips) {
+  size_t best = c.size();
+  for (size_t i = 0; i < c.size(); ++i)  // a prompt passed over too often: the earliest of those
+    if (c[i].skipped >= max_skips && (best == c.size() || c[i].order < c[best].order)) best = i;
+  if (best != c.size()) return best;
+  best = 0;
+  for (size_t i = 1; i < c.size(); ++i)
+    if (c[i].remaining < c[best].remaining || (c[i].remaining == c[best].remaining && c[i].order < c[best].order))
+      best = i;
+  return best;
+}
+
+int64_t prefill_chunk_tokens(int64_t remaining, int64_t max_chunk, bool busy, double budget_ms, double ms_per_token) {
+  int64_t n = std::min(remaining, max_chunk);
+  if (busy && budget_ms > 0 && ms_per_token > 0) {
+    const double fit = std::floor(budget_ms / ms_per_token);
+    n = std::min(n, std::max(kMinBusyChunk, fit >= double(max_chunk) ? max_chunk : int64_t(fit)));
+  }
+  return std::max<int64_t>(1, n);
+}
+
 Scheduler::Scheduler(const Model& model, const Tokenizer& tok, std::vector<int32_t> eos_ids, Options opt,
                      Metrics& metrics)
     : model_(model), tok_(tok), eos_(std::move(eos_ids)), opt_(opt), metrics_(metrics),
       cache_(opt.state_cache_bytes), vocab_(model.vocab_size()) {
   if (opt_.parallel < 1) fail("--parallel must be at least 1");
   if (opt_.prefill_chunk < 1) fail("--prefill-chunk must be at least 1");
+  if (!(opt_.prefill_budget_ms >= 0)) fail("--prefill-budget-ms must be at least 0");
   for (int i = 0; i < opt_.parallel; ++i) slots_.push_back(std::make_unique<Slot>());
   thread_ = std::thread([this] { run(); });
 }
@@ -147,12 +170,23 @@ void Scheduler::run() {
       else if (s->req->deadline && now > *s->req->deadline) finish(*s, "length");
     }
 
-    // One prompt chunk (the earliest admitted prompt first), then one token for every decoding slot.
-    Slot* p = nullptr;
-    for (auto& s : slots_)
-      if (s->phase == Slot::Phase::Prefill && (!p || s->order < p->order)) p = s.get();
-    if (p) prefill_step(*p);
-    std::vector<Slot*> dec;
+    // One prompt chunk (pick_prefill chooses the prompt), then one token for every decoding slot.
+    std::vector<Slot*> pre, dec;
+    std::vector<PrefillCandidate> cand;
+    for (auto& s : slots_) {
+      if (s->phase == Slot::Phase::Prefill) {
+        pre.push_back(s.get());
+        cand.push_back({int64_t(s->req->prompt.size()) - s->next_prompt, s->order, s->skipped});
+      } else if (s->phase == Slot::Phase::Decode) {
+        dec.push_back(s.get());
+      }
+    }
+    if (!pre.empty()) {
+      Slot* p = pre[pick_prefill(cand, opt_.parallel)];
+      for (Slot* s : pre) s->skipped = s == p ? 0 : s->skipped + 1;  // an overdue prompt gets one chunk
+      prefill_step(*p, !dec.empty() || pre.size() > 1);
+    }
+    dec.clear();
     for (auto& s : slots_)
       if (s->phase == Slot::Phase::Decode) dec.push_back(s.get());
     if (!dec.empty()) decode_step(dec);
@@ -188,10 +222,11 @@ void Scheduler::admit(Slot& s, std::shared_ptr<Request> r) {
     else s.state = model_.new_state();
   }
   s.next_prompt = s.cached;
+  s.skipped = 0;
   s.phase = Slot::Phase::Prefill;
 }
 
-void Scheduler::prefill_step(Slot& s) {
+void Scheduler::prefill_step(Slot& s, bool busy) {
   const auto& prompt = s.req->prompt;
   const int64_t total = int64_t(prompt.size());
   // A prompt worth remembering is snapshotted before its last token: the text a next turn appends
@@ -199,14 +234,22 @@ void Scheduler::prefill_step(Slot& s) {
   // cannot be rewound. So its last chunk is split into [.., n-1) and the last token.
   const bool snapshot = s.req->params.cache_prompt && cache_.max_bytes() > 0 && total - s.cached >= opt_.prefix_snapshot_min;
   const int64_t end = snapshot && s.next_prompt < total - 1 ? total - 1 : total;
-  const int64_t n = std::min<int64_t>(opt_.prefill_chunk, end - s.next_prompt);
+  const int64_t n = prefill_chunk_tokens(end - s.next_prompt, opt_.prefill_chunk, busy, opt_.prefill_budget_ms,
+                                         prefill_ms_per_token_);
   const bool last = s.next_prompt + n == total;
   std::span<const int32_t> chunk(prompt.data() + s.next_prompt, size_t(n));
   logits_.resize(size_t(vocab_));
+  const auto t0 = Clock::now();
   try {
     model_.forward(*s.state, chunk, last ? n - 1 : n, last ? logits_.data() : nullptr);
   } catch (const std::exception& e) {
     return fail_slot(s, e.what());
+  }
+  // The speed of chunks of at least kMinBusyChunk tokens (a 1-token forward runs at decode speed
+  // and says little about a chunk), weighted towards the recent ones.
+  if (n >= kMinBusyChunk) {
+    const double ms = ms_between(t0, Clock::now()) / double(n);
+    prefill_ms_per_token_ = prefill_ms_per_token_ > 0 ? 0.7 * prefill_ms_per_token_ + 0.3 * ms : ms;
   }
   s.consumed.insert(s.consumed.end(), chunk.begin(), chunk.end());
   s.next_prompt += n;

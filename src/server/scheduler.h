@@ -1,7 +1,11 @@
 // Continuous batching: N slots, a bounded FIFO queue and one scheduler thread that owns the
 // model. Each step prefills one chunk of a waiting prompt (so running streams never stall for a
 // long prompt), then advances every decoding slot by one token in one batched forward
-// (Model::decode_batch: weights read once for all slots). Requests talk to the HTTP side through
+// (Model::decode_batch: weights read once for all slots). Among the prompts being prefilled, the
+// one with the fewest tokens left goes first (a short question is not stuck behind a long
+// document), except that a prompt passed over `parallel` times in a row gets the next chunk (so
+// none waits forever, and a short one waits for at most one chunk); while other requests run, a
+// chunk is sized to take about --prefill-budget-ms at the prefill speed measured so far. Requests talk to the HTTP side through
 // a small event channel (text pieces, the end, an error); a request whose client went away is
 // cancelled within one step and frees its slot.
 #pragma once
@@ -60,12 +64,29 @@ class Request {
   std::deque<Event> events_;
 };
 
+// The scheduling policy as pure functions (tested without a model).
+struct PrefillCandidate {
+  int64_t remaining = 0;  // prompt tokens still to prefill
+  uint64_t order = 0;     // admission order
+  int skipped = 0;        // steps since its last chunk in which another prompt was prefilled
+};
+// The prompt to prefill next: the earliest admitted among those passed over `max_skips` times or
+// more since their last chunk (no prompt waits forever), else the fewest tokens left (then the
+// earliest). c not empty.
+size_t pick_prefill(const std::vector<PrefillCandidate>& c, int max_skips);
+// Tokens of the next prefill chunk: all that is left up to `max_chunk`; while other requests run
+// (`busy`) and a speed is known (ms_per_token > 0), only as many as fit `budget_ms`, at least
+// kMinBusyChunk (small chunks run at decode speed: fewer would cost more steps than they save).
+inline constexpr int64_t kMinBusyChunk = 16;
+int64_t prefill_chunk_tokens(int64_t remaining, int64_t max_chunk, bool busy, double budget_ms, double ms_per_token);
+
 class Scheduler {
  public:
   struct Options {
     int parallel = 4;               // slots
     int queue = 64;                 // requests waiting for a slot, at most
-    int64_t prefill_chunk = 512;    // prompt tokens per step while other slots decode
+    int64_t prefill_chunk = 512;    // prompt tokens per step, at most
+    double prefill_budget_ms = 250; // while other requests run, a prefill step takes about this long (0: no limit)
     size_t state_cache_bytes = size_t(2) << 30;
     int64_t prefix_snapshot_min = 64;  // snapshot a prompt's end state when it prefilled this many tokens
   };
@@ -93,7 +114,7 @@ class Scheduler {
   struct Slot;
   void run();
   void admit(Slot& s, std::shared_ptr<Request> r);
-  void prefill_step(Slot& s);
+  void prefill_step(Slot& s, bool busy);  // busy: other requests are running or waiting
   void decode_step(std::vector<Slot*>& active);
   void on_logits(Slot& s, const float* logits);
   void finish(Slot& s, const std::string& reason);
@@ -118,6 +139,7 @@ class Scheduler {
   std::atomic<bool> cancel_running_{false};  // cancel_all(): the scheduler thread cancels its slots
   std::vector<float> logits_;
   std::vector<int32_t> order_;  // token order for top_logprobs
+  double prefill_ms_per_token_ = 0;  // running mean of measured prefill chunks (0: none yet)
   std::thread thread_;
 };
 

@@ -117,6 +117,7 @@ void Server::load() {
   so.parallel = opt_.parallel;
   so.queue = opt_.queue;
   so.prefill_chunk = opt_.prefill_chunk;
+  so.prefill_budget_ms = opt_.prefill_budget_ms;
   so.state_cache_bytes = size_t(std::max<int64_t>(0, opt_.state_cache_mb)) << 20;
   L->sched = std::make_unique<Scheduler>(*L->model, *L->tok, eos_token_ids(dir, L->tok->eos_id()), so, metrics_);
   owned_ = std::move(L);

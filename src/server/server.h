@@ -17,7 +17,8 @@ struct ServerOptions {
   std::string chat_template_file;     // overrides the checkpoint's template
   int parallel = 4;                   // slots
   int queue = 64;                     // waiting requests at most
-  int64_t prefill_chunk = 512;        // prompt tokens per scheduler step
+  int64_t prefill_chunk = 512;        // prompt tokens per scheduler step, at most
+  double prefill_budget_ms = 250;     // while others run, a prefill step takes about this long (0: no limit)
   int64_t state_cache_mb = 2048;      // prefix states kept (0: no prefix reuse)
   int64_t ctx = 0;                    // context limit (0: max_position_embeddings, else 65536)
   int64_t default_max_tokens = 512;   // when a request gives none
