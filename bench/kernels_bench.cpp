@@ -391,7 +391,7 @@ void BM_PeakFma(benchmark::State& st) {
 // 1 = one core (thread CPU time).
 void matvec_shapes(benchmark::internal::Benchmark* b, int64_t th) {
   b->ArgNames({"N", "K", "T", "threads"});
-  for (int64_t T : {1, 2, 4}) {
+  for (int64_t T : {1, 2, 4, 8}) {
     b->Args({8512, 2048, T, th});
     b->Args({2048, 4096, T, th});
   }
@@ -416,12 +416,12 @@ void one_core_matvec(benchmark::internal::Benchmark* b) { matvec_shapes(b, 1); }
 void all_cores_gemm(benchmark::internal::Benchmark* b) { gemm_shapes(b, 0); }
 void one_core_gemm(benchmark::internal::Benchmark* b) { gemm_shapes(b, 1); }
 
-// v2: every bit width, group 32 and 16, T = 1 and 4. In cache: 128 x 2048 (<= 256 KiB), one core.
+// v2: every bit width, group 32 and 16, T = 1, 2, 4 and 8 (the batched decode of the server). In cache: 128 x 2048 (<= 256 KiB), one core.
 void hxq2_shapes(benchmark::internal::Benchmark* b, int64_t N, int64_t th) {
   b->ArgNames({"N", "K", "T", "threads", "bits", "group"});
   for (int64_t bits : {8, 6, 5, 4})
     for (int64_t g : {32, 16})
-      for (int64_t T : {1, 4}) b->Args({N, 2048, T, th, bits, g});
+      for (int64_t T : {1, 2, 4, 8}) b->Args({N, 2048, T, th, bits, g});
   if (th != 1) b->UseRealTime();
   b->Unit(benchmark::kMicrosecond);
 }

@@ -135,7 +135,16 @@ void gemm_hxq(const float* X, int64_t T, const HxqView& w, float* Y) {
   const detail::KernelSet* ks = detail::active_kernels();
   if (!ks) return gemm_hxq_scalar(X, T, w, Y);
   if (detail::use_decode(T, K, true)) {
-    if (gemm_hxq_fast(*ks, X, T, w, Y)) return;
+    // The fast kernel takes up to 4 rows of X per pass over W; more rows run in blocks of 4 (each
+    // row quantised on its own: its result does not depend on the rows beside it). A block it
+    // declines (non-finite X, exact math) and the rows after it take the exact path.
+    int64_t t0 = 0;
+    for (; t0 < T; t0 += 4)
+      if (!gemm_hxq_fast(*ks, X + t0 * K, std::min<int64_t>(4, T - t0), w, Y + t0 * N)) break;
+    if (t0 >= T) return;
+    X += t0 * K;
+    Y += t0 * N;
+    T -= t0;
     detail::decode_driver(*ks, X, T, K, DType::U8, true, N, K, [&](const float* Xp, int64_t n0, int64_t n1) {
       ks->hxq_decode(Xp, T, w, n0, n1, Y, N);
       add_sidecar(X, T, w, n0, n1, Y);

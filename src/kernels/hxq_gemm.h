@@ -25,11 +25,13 @@ struct HxqView {
 // Whether all n entries of cb are exactly representable as BF16 (low 16 bits zero).
 bool codebook_is_bf16_exact(const float* cb, int64_t n);
 
-// How the decode regime (T <= 4 rows of X) computes HXQ products:
+// How the decode regime (few rows of X: dispatch.h use_decode) computes HXQ products:
 // * Fast (default): on AVX-512 with VBMI and VNNI, integer dot products on a 16-bit form of the
 //   codebook (affine, error <= (max − min) / 131070 per entry) and of X (per 1024-column block,
 //   error <= max|x| / 65278 per element); ~1.7× the exact path's speed, at the memory-bandwidth
-//   limit. Everywhere else (other ISAs, larger T, non-finite X) it is the exact path.
+//   limit. Up to 4 rows of X per pass over W, more in blocks of 4; each row is quantised on its
+//   own, so its result does not depend on the other rows. Everywhere else (other ISAs, from a
+//   block with non-finite X on) it is the exact path.
 // * Exact: float32 codebook values and X, exact products, float32 sums (every ISA, every T).
 // The sidecar is always added exactly. Prefill (larger T) is always exact.
 enum class HxqMath { Fast, Exact };
