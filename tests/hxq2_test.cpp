@@ -225,10 +225,14 @@ TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
   struct Shape {
     int64_t N, K, T;
   };
-  // The last two are split over the pool's threads (tasks of >= 256 KiB of indices).
-  const Shape shapes[] = {{1, 1, 1},    {3, 31, 1},   {5, 32, 2},   {17, 33, 3},   {33, 100, 4},
-                          {16, 257, 8}, {7, 96, 3},   {3, 320, 1},  {9, 512, 5},   {40, 700, 1},
-                          {4, 2048, 2}, {20000, 64, 1}, {3000, 512, 2}};
+  // T = 5 .. 8: one decode per row of W for all rows of X; K = 2088 and 3000 are not multiples of
+  // 64 (nor 3000 of 32) and span several blocks of kHxq2XBlock. 20000 x 64, 3000 x 512 and
+  // 300 x 2088 (and 100 x 3000 at 8 bits) are split over the pool's threads (tasks of >= 256 KiB
+  // of indices).
+  const Shape shapes[] = {{1, 1, 1},      {3, 31, 1},     {5, 32, 2},      {17, 33, 3},    {33, 100, 4},
+                          {16, 257, 8},   {7, 96, 3},     {3, 320, 1},     {9, 512, 5},    {40, 700, 1},
+                          {4, 2048, 2},   {6, 130, 6},    {5, 2088, 7},    {9, 2088, 8},   {3, 3000, 5},
+                          {4, 3000, 6},   {20000, 64, 1}, {3000, 512, 2},  {300, 2088, 8}, {100, 3000, 7}};
   int runs = 0;
   for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
     if (!isa_supported(isa)) continue;
@@ -283,6 +287,52 @@ TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
   }
   }
   EXPECT_GE(runs, 3);  // b = 4, 5, 6 at least
+}
+
+// HxqMath::Fast: row t of Y does not depend on the other rows of X — computed with T = 8 (one
+// decode of W for all rows), 5 or 3, it equals bit for bit the product of row t alone (T = 1),
+// for every fast bit width and group, with K not a multiple of 64 and split over threads.
+TEST(Hxq2Kernels, FastDecodeRowsIndependentOfT) {
+  if (!hxq2_fast_available(4)) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  IsaGuard guard;
+  set_num_threads(2);
+  struct RestoreThreads {
+    ~RestoreThreads() { set_num_threads(0); }
+  } restore;
+  HxqMathScope fast(HxqMath::Fast);
+  std::mt19937 rng(17);
+  struct Shape {
+    int64_t N, K;
+  };
+  const Shape shapes[] = {{5, 40}, {13, 100}, {9, 2088}, {300, 3000}};
+  int runs = 0;
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    if (!isa_supported(isa)) continue;
+    set_kernel_isa(isa);
+    for (int bits : {4, 5, 6, 8}) {
+      if (!hxq2_fast_available(bits)) continue;
+      for (int group : {16, 32})
+        for (const Shape& s : shapes) {
+          ++runs;
+          const RandomV2 w = make_v2(s.N, s.K, bits, group, rng);
+          const Hxq2View v = w.view(true);
+          std::normal_distribution<float> nd(0.0f, 1.0f);
+          std::vector<float> x(static_cast<size_t>(8 * s.K));
+          for (auto& e : x) e = nd(rng) * (nd(rng) > 2.0f ? 30.0f : 1.0f);
+          std::vector<float> one(static_cast<size_t>(8 * s.N));  // row t of X alone
+          for (int64_t t = 0; t < 8; ++t) gemm_hxq2(x.data() + t * s.K, 1, v, one.data() + t * s.N);
+          for (int64_t T : {8, 5, 3}) {
+            std::vector<float> y(static_cast<size_t>(T * s.N), std::nanf(""));
+            gemm_hxq2(x.data(), T, v, y.data());
+            for (int64_t t = 0; t < T; ++t)
+              ASSERT_EQ(0, std::memcmp(y.data() + t * s.N, one.data() + t * s.N, size_t(s.N) * 4))
+                  << isa_name(isa) << " bits " << bits << " group " << group << " N" << s.N << " K" << s.K << " T"
+                  << T << " row " << t;
+          }
+        }
+    }
+  }
+  EXPECT_GE(runs, 3 * 2 * 4);  // b = 4, 5, 6 at least
 }
 
 // Non-finite X or codebook: the fast path steps aside, results equal the exact path's bit for bit.
@@ -450,6 +500,9 @@ std::vector<float> run_logits(const std::string& dir, const std::vector<int32_t>
 }
 
 TEST(Hxq2Checkpoint, CompressRunDecompressEveryWidth) {
+  // Exact codebook values: the comparison below is about reading the format, not the fast
+  // kernels' 16-bit rounding (which has its own bound, Hxq2Kernels.FastDecode*).
+  HxqMathScope exact(HxqMath::Exact);
   for (const char* fx : {"fixtures/hf/llama-tiny", "fixtures/hf/mamba2-tiny"}) {
     HXQ_REQUIRE_DATA(std::string(fx) + "/model.safetensors");
     const std::string src = test::data_path(fx);
