@@ -223,11 +223,17 @@ void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y) {
   const detail::KernelSet* ks = detail::active_kernels();
   if (!ks) return gemm_hxq2_reference(X, T, w, Y);
   // Every SIMD kernel set implies AVX2 + FMA: the v2 kernels of hxq2_avx2.cpp serve both.
-  if (detail::use_decode(T, K, true)) {
+  const bool fast = hxq_math() == HxqMath::Fast && hxq2_fast_available(w.bits) && finite_codebook(w);
+  // With the fast kernels, blocks of 8 rows of X beat the float prefill panels up to ~64 rows
+  // whatever K (`hxq bench --prompt P`, 2 threads, prefill tok/s blocks / panels: TinyLlama-1.1B
+  // v2-8 P = 32 73-77 / 49-52, P = 64 72 / 64, P = 128 76 / 77; Mamba2-370m v2-8 P = 32
+  // 158-181 / 137-141, P = 128 186 / 205).
+  const bool decode =
+      fast && detail::force_decode_max_t < 0 ? T <= kHxq2FastDecodeMaxT : detail::use_decode(T, K, true);
+  if (decode) {
     // At least ~256 KiB of weights per task, multiples of 16 rows (as the other decode drivers).
     int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / std::max<int64_t>(1, w.row_bytes()));
     grain = (grain + 15) / 16 * 16;
-    const bool fast = hxq_math() == HxqMath::Fast && hxq2_fast_available(w.bits) && finite_codebook(w);
     thread_local detail::Hxq2QuantX qx_buf;
     // A named reference: a lambda does not capture a thread_local (the pool's threads would see
     // their own, empty instance).

@@ -45,12 +45,16 @@ struct Hxq2View {
 void hxq2_decode_row(const Hxq2View& w, int64_t r, float* out);
 
 // Y [T, rows] = X [T, cols] · Wᵀ (+ sidecar), row-major float32, not overlapping. With a SIMD
-// kernel ISA (AVX2 or AVX-512): decode regime (few rows of X) = the AVX2 row decoder + dot
+// kernel ISA (AVX2 or AVX-512): decode regime (few rows of X; with the fast kernels up to
+// kHxq2FastDecodeMaxT, in blocks of 8) = the fast kernels or the AVX2 row decoder + dot
 // products, prefill = decoded panels through the packed float micro-kernel; scalar ISA = the
 // reference. A view with bad sizes or sidecar throws hxq::Error.
 void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y);
 // The scalar reference alone (tests).
 void gemm_hxq2_reference(const float* X, int64_t T, const Hxq2View& w, float* Y);
+
+// Rows of X up to which the fast kernels (in blocks of 8) run instead of the prefill panels.
+inline constexpr int64_t kHxq2FastDecodeMaxT = 64;
 
 // Whether HxqMath::Fast (hxq_gemm.h) has a fast v2 kernel for this bit width with the current
 // kernel ISA: b = 4, 5, 6 on every SIMD ISA (the AVX2 integer kernel below), and b = 8 with the
