@@ -18,12 +18,12 @@ export LD_LIBRARY_PATH="$C/lib"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,mig.mode.current \
     --format=csv || true
   ls -l "$C" "$C/lib" || true
-  ldd "$C/hxq_tests" | grep -E 'not found' && echo "!! missing libraries" || echo "libraries: all found"
+  ldd "$C/hxq_cuda_tests" | grep -E 'not found' && echo "!! missing libraries" || echo "libraries: all found"
 } 2>&1 | tee "$OUT/env.log"
 
 # Does the CUDA runtime (static, CUDA 13) see the GPU? CudaNoDevice is skipped when it does. If the
 # driver is older than the runtime, try the toolkit's forward-compatibility libcuda.
-probe() { "$C/hxq_tests" --gtest_filter='CudaNoDevice*' 2>&1 | tee -a "$OUT/env.log" | grep -q 'SKIPPED \] CudaNoDevice'; }
+probe() { "$C/hxq_cuda_tests" --gtest_filter='CudaNoDevice*' 2>&1 | tee -a "$OUT/env.log" | grep -q 'SKIPPED \] CudaNoDevice'; }
 if ! probe; then
   echo "!! the CUDA runtime sees no device (reason above); trying forward-compatibility libraries"
   for d in /usr/local/cuda/compat /usr/local/cuda-13*/compat; do
@@ -36,7 +36,7 @@ if ! probe; then
 fi
 
 echo "== tests (Cuda*, without the CPU-only CudaEmu*)"
-timeout -k 5 80 "$C/hxq_tests" --gtest_filter='Cuda*:-CudaEmu*' --gtest_output="json:$OUT/tests.json" 2>&1 |
+timeout -k 5 80 "$C/hxq_cuda_tests" --gtest_filter='Cuda*:-CudaEmu*' --gtest_output="json:$OUT/tests.json" 2>&1 |
   tee "$OUT/tests.log"
 rc_tests=${PIPESTATUS[0]}
 echo "== tests rc=$rc_tests after $(($(date +%s) - t0)) s"

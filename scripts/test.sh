@@ -22,7 +22,7 @@ phase "Release tests"
 # CudaEmu* tests run the kernels on the CPU). HXQ_SKIP_CUDA=1 skips this step.
 if [ "${HXQ_SKIP_CUDA:-0}" != 1 ] && { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }; then
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DHXQ_CUDA=ON -DHXQ_PYTHON=OFF >/dev/null
-  cmake --build build-cuda -j "$JOBS" --target hxq_tests hxq_bench
+  cmake --build build-cuda -j "$JOBS" --target hxq_cuda_tests hxq_bench
   phase "CUDA build"
   (cd build-cuda && ctest --output-on-failure -j "$JOBS" --timeout 900 -R '^Cuda')
   phase "CUDA tests"
