@@ -416,7 +416,8 @@ void one_core_matvec(benchmark::internal::Benchmark* b) { matvec_shapes(b, 1); }
 void all_cores_gemm(benchmark::internal::Benchmark* b) { gemm_shapes(b, 0); }
 void one_core_gemm(benchmark::internal::Benchmark* b) { gemm_shapes(b, 1); }
 
-// v2: every bit width, group 32 and 16, T = 1, 2, 4 and 8 (the batched decode of the server). In cache: 128 x 2048 (<= 256 KiB), one core.
+// v2: every bit width, group 32 and 16, T = 1, 2, 4 and 8 (the server's batched decode). In cache:
+// 128 x 2048 (<= 256 KiB), one core.
 void hxq2_shapes(benchmark::internal::Benchmark* b, int64_t N, int64_t th) {
   b->ArgNames({"N", "K", "T", "threads", "bits", "group"});
   for (int64_t bits : {8, 6, 5, 4})

@@ -290,8 +290,9 @@ TEST(Hxq2Kernels, FastDecodeWithinItsQuantisationBound) {
 }
 
 // HxqMath::Fast: row t of Y does not depend on the other rows of X — computed with T = 8 (one
-// decode of W for all rows), 5 or 3, it equals bit for bit the product of row t alone (T = 1),
-// for every fast bit width and group, with K not a multiple of 64 and split over threads.
+// decode of W for all rows), 5 or 3, or with T = 9, 16, 20 (blocks of 8 within one product), it
+// equals bit for bit the product of row t alone (T = 1), for every fast bit width and group, with
+// K not a multiple of 64 and split over threads.
 TEST(Hxq2Kernels, FastDecodeRowsIndependentOfT) {
   if (!hxq2_fast_available(4)) GTEST_SKIP() << "no SIMD kernels on this CPU";
   IsaGuard guard;
@@ -317,11 +318,12 @@ TEST(Hxq2Kernels, FastDecodeRowsIndependentOfT) {
           const RandomV2 w = make_v2(s.N, s.K, bits, group, rng);
           const Hxq2View v = w.view(true);
           std::normal_distribution<float> nd(0.0f, 1.0f);
-          std::vector<float> x(static_cast<size_t>(8 * s.K));
+          constexpr int64_t kRows = 20;
+          std::vector<float> x(static_cast<size_t>(kRows * s.K));
           for (auto& e : x) e = nd(rng) * (nd(rng) > 2.0f ? 30.0f : 1.0f);
-          std::vector<float> one(static_cast<size_t>(8 * s.N));  // row t of X alone
-          for (int64_t t = 0; t < 8; ++t) gemm_hxq2(x.data() + t * s.K, 1, v, one.data() + t * s.N);
-          for (int64_t T : {8, 5, 3}) {
+          std::vector<float> one(static_cast<size_t>(kRows * s.N));  // row t of X alone
+          for (int64_t t = 0; t < kRows; ++t) gemm_hxq2(x.data() + t * s.K, 1, v, one.data() + t * s.N);
+          for (int64_t T : {kRows, int64_t(16), int64_t(9), int64_t(8), int64_t(5), int64_t(3)}) {
             std::vector<float> y(static_cast<size_t>(T * s.N), std::nanf(""));
             gemm_hxq2(x.data(), T, v, y.data());
             for (int64_t t = 0; t < T; ++t)

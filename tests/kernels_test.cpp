@@ -586,6 +586,29 @@ TEST(KernelsHxqFast, ThreadCountDoesNotChangeResults) {
   }
 }
 
+// Beyond the 4 rows of X the fast kernel takes per pass, the decode regime runs it in blocks of 4:
+// each row's result is the same bits as the row alone (the rows of a batch do not interact).
+TEST(KernelsHxqFast, RowsBeyondOnePassGiveTheirOwnResult) {
+  if (!fast_here()) GTEST_SKIP() << "no AVX-512 VBMI + VNNI";
+  IsaGuard guard;
+  HxqMathScope fast(HxqMath::Fast);
+  set_kernel_isa(Isa::Avx512);
+  std::mt19937 rng(11);
+  const int64_t N = 80, K = 2048 + 24;
+  ASSERT_TRUE(detail::use_decode(11, K, true));
+  const Hxq h = make_hxq(N, K, rng, false);
+  const std::vector<float> x = make_x(11, K, rng, false);
+  std::vector<float> one(static_cast<size_t>(11 * N));  // row t of X alone
+  for (int64_t t = 0; t < 11; ++t) gemm_hxq(x.data() + t * K, 1, h.view(true), one.data() + t * N);
+  for (int64_t T : {5, 8, 11}) {
+    std::vector<float> y(static_cast<size_t>(T * N), std::nanf(""));
+    gemm_hxq(x.data(), T, h.view(true), y.data());
+    for (int64_t t = 0; t < T; ++t)
+      ASSERT_EQ(std::memcmp(y.data() + t * N, one.data() + t * N, size_t(N) * sizeof(float)), 0)
+          << "row " << t << " of " << T << " differs from the row alone";
+  }
+}
+
 TEST(KernelsHxqFast, MathScopeNestsAndRestores) {
   const HxqMath before = hxq_math();
   {

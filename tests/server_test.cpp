@@ -143,6 +143,14 @@ std::vector<int32_t> greedy(const Model& m, const std::vector<int32_t>& prompt, 
   return generate(m, *st, prompt, n, s, {}).ids;
 }
 
+// What every scheduler test starts from: a model, its tokenizer and the metrics a scheduler fills.
+struct Served {
+  std::unique_ptr<Model> model;
+  Tokenizer tok;
+  Metrics metrics;
+  explicit Served(const std::string& dir) : model(load_model(dir)), tok(Tokenizer::load(dir)) {}
+};
+
 std::shared_ptr<Request> make_request(const std::vector<int32_t>& prompt, int64_t n, bool cache = true) {
   auto r = std::make_shared<Request>();
   r->params.logprobs = 0;
@@ -167,9 +175,8 @@ std::pair<std::string, Event> drain(Request& r) {
 TEST(ServerScheduler, ContinuousBatchingMatchesSingleSequenceGeneration) {
   const std::string dir = stories_dir();
   if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no test data";
-  auto model = load_model(dir);
-  auto tok = Tokenizer::load(dir);
-  Metrics metrics;
+  Served m(dir);
+  auto& [model, tok, metrics] = m;
   Scheduler::Options o;
   o.parallel = 3;
   o.prefill_chunk = 7;  // several chunks per prompt, interleaved with the others' decoding
@@ -202,9 +209,8 @@ TEST(ServerScheduler, ContinuousBatchingMatchesSingleSequenceGeneration) {
 TEST(ServerScheduler, PrefixCacheServesTheSecondTurn) {
   const std::string dir = stories_dir();
   if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no test data";
-  auto model = load_model(dir);
-  auto tok = Tokenizer::load(dir);
-  Metrics metrics;
+  Served m(dir);
+  auto& [model, tok, metrics] = m;
   Scheduler::Options o;
   o.parallel = 2;
   o.prefix_snapshot_min = 4;
@@ -234,9 +240,8 @@ TEST(ServerScheduler, PrefixCacheServesTheSecondTurn) {
 TEST(ServerScheduler, ShortPromptOvertakesALongOneBeingPrefilled) {
   const std::string dir = mamba_dir();  // 400 tokens in chunks of 8: 50 steps
   if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no test data";
-  auto model = load_model(dir);
-  auto tok = Tokenizer::load(dir);
-  Metrics metrics;
+  Served m(dir);
+  auto& [model, tok, metrics] = m;
   Scheduler::Options o;
   o.parallel = 2;
   o.prefill_chunk = 8;
@@ -266,9 +271,8 @@ TEST(ServerScheduler, ShortPromptOvertakesALongOneBeingPrefilled) {
 TEST(ServerScheduler, CancelAndQueueLimits) {
   const std::string dir = mamba_dir();  // slow enough (~300 tokens/s) that requests are still running
   if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no test data";
-  auto model = load_model(dir);
-  auto tok = Tokenizer::load(dir);
-  Metrics metrics;
+  Served m(dir);
+  auto& [model, tok, metrics] = m;
   Scheduler::Options o;
   o.parallel = 1;
   o.queue = 1;

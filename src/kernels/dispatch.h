@@ -97,7 +97,8 @@ const KernelSet* active_kernels();
 
 // Whether T rows of X go through the decode (streaming) kernels rather than packed panels:
 // always for T <= 8; up to T = 64 (dense) or 24 (HXQ, whose decode costs more per weight) while
-// X stays in L2 (<= 512 KiB), where the streaming kernel measured faster than packing W.
+// X stays in L2 (<= 512 KiB), where the streaming kernel measured faster than packing W. (HXQ v2
+// with its fast kernels has its own limit, kHxq2FastDecodeMaxT in hxq2_gemm.h.)
 // force_decode_max_t >= 0 replaces the rule by T <= force_decode_max_t (tests, benchmarks).
 inline int64_t force_decode_max_t = -1;
 inline bool use_decode(int64_t T, int64_t K, bool hxq) {

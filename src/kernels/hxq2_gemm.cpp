@@ -248,10 +248,10 @@ void gemm_hxq2(const float* X, int64_t T, const Hxq2View& w, float* Y) {
     // replaced above 8 rows took 800 ms for 16 tokens against 121 ms for 8.)
     int64_t t0 = 0;
     if (fast) {
+      detail::hxq2_quant_codebook(w, qx_buf);  // once: hxq2_quant_x leaves it alone
       for (; t0 < T; t0 += 8) {
         const int64_t tb = std::min<int64_t>(8, T - t0);
         if (!detail::hxq2_quant_x(X + t0 * K, tb, K, qx_buf, wide ? 64 : 32, w.bits < 8)) break;
-        detail::hxq2_quant_codebook(w, qx_buf);
         const float* Xb = X + t0 * K;
         float* Yb = Y + t0 * N;
         detail::dynamic_for(N, grain, [&](int64_t n0, int64_t n1) {

@@ -71,7 +71,8 @@ void hxq2_decode_row_avx2(const Hxq2View& w, int64_t r, float* out);
 // 8; rows n .. nr − 1 zero).
 void hxq2_pack_panel_avx2(const Hxq2View& w, int64_t n0, int64_t n, int64_t nr, float* dst);
 
-// Fast decode (HxqMath::Fast, T <= 8, the widths of hxq2_fast_available): integer dot products
+// Fast decode (HxqMath::Fast, T <= 8 rows of X per call — gemm_hxq2 runs more in blocks of 8 —
+// the widths of hxq2_fast_available): integer dot products
 // on 16-bit forms of the codebook and of X.
 //  * codebook: q[j] = round(c[j] / cs), cs = max|c| / 16383 (error <= cs / 2 per entry);
 //  * X: per block of kHxq2XBlock columns, q = round(x / xs), xs = max|x in block| / 16383 (error

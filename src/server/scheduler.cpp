@@ -34,7 +34,7 @@ struct Scheduler::Slot {
   int64_t next_prompt = 0;            // index of the next prompt token to prefill
   int64_t cached = 0;                 // prompt tokens that came from the prefix cache
   uint64_t order = 0;                 // admission order
-  int skipped = 0;                    // prefill steps given to another prompt since admission
+  int skipped = 0;                    // prefill steps given to another prompt since its last chunk
   int32_t pending = -1;               // sampled token to feed at the next decode step
   int64_t generated = 0;
   std::optional<Sampler> sampler;
@@ -170,23 +170,24 @@ void Scheduler::run() {
       else if (s->req->deadline && now > *s->req->deadline) finish(*s, "length");
     }
 
-    // One prompt chunk (pick_prefill chooses the prompt), then one token for every decoding slot.
-    std::vector<Slot*> pre, dec;
+    // One prompt chunk (pick_prefill chooses the prompt), then one token for every decoding slot
+    // (the prompt that ends in this chunk included).
+    std::vector<Slot*> pre;
     std::vector<PrefillCandidate> cand;
+    bool decoding = false;
     for (auto& s : slots_) {
       if (s->phase == Slot::Phase::Prefill) {
         pre.push_back(s.get());
         cand.push_back({int64_t(s->req->prompt.size()) - s->next_prompt, s->order, s->skipped});
-      } else if (s->phase == Slot::Phase::Decode) {
-        dec.push_back(s.get());
       }
+      decoding |= s->phase == Slot::Phase::Decode;
     }
     if (!pre.empty()) {
       Slot* p = pre[pick_prefill(cand, opt_.parallel)];
       for (Slot* s : pre) s->skipped = s == p ? 0 : s->skipped + 1;  // an overdue prompt gets one chunk
-      prefill_step(*p, !dec.empty() || pre.size() > 1);
+      prefill_step(*p, decoding || pre.size() > 1);
     }
-    dec.clear();
+    std::vector<Slot*> dec;
     for (auto& s : slots_)
       if (s->phase == Slot::Phase::Decode) dec.push_back(s.get());
     if (!dec.empty()) decode_step(dec);

@@ -5,8 +5,8 @@
 // one with the fewest tokens left goes first (a short question is not stuck behind a long
 // document), except that a prompt passed over `parallel` times in a row gets the next chunk (so
 // none waits forever, and a short one waits for at most one chunk); while other requests run, a
-// chunk is sized to take about --prefill-budget-ms at the prefill speed measured so far. Requests talk to the HTTP side through
-// a small event channel (text pieces, the end, an error); a request whose client went away is
+// chunk is sized to take about --prefill-budget-ms at the prefill speed measured so far.
+// Requests talk to the HTTP side through a small event channel (text pieces, the end, an error); a request whose client went away is
 // cancelled within one step and frees its slot.
 #pragma once
 #include <atomic>
